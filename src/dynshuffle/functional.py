@@ -1,0 +1,209 @@
+"""The math of dynamic shuffle as plain functions on tensors.
+
+Conventions (see docs/method.md):
+- `C` channels are split into `G` groups of `n = C // G`; inside a group, channel `k` is viewed as the
+  pair `(k // n2, k % n2)` of a `(n1, n2)` grid, so the group's mixing matrix is the Kronecker product
+  `A ⊗ B` and applies as `Z -> A Z Bᵀ` without ever building the `n x n` matrix.
+- After the within-group mixing comes ShuffleNet's fixed cross-group shuffle with `G` groups:
+  output channel `o = m * G + g` reads position `m` of group `g`.
+- A permutation is stored as an index vector `p` with `out[c] = in[p[c]]`; for a matrix `M` whose row `i`
+  is one-hot at column `p[i]`, `M z == z[p]`.
+- Matrices are batched: `(N, n, n)` when one pair is shared by every group, `(N, G, n, n)` otherwise;
+  a leading batch size of 1 broadcasts over the input's batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "factorize",
+    "check_factors",
+    "channel_shuffle_index",
+    "channel_shuffle",
+    "kron_apply",
+    "binarize",
+    "one_hot_permutation",
+    "compose_permutation",
+    "permute_channels",
+    "invert_permutation",
+    "orthogonality_penalty",
+]
+
+
+def factorize(n: int) -> tuple[int, int]:
+    """The most balanced factorisation `n = n1 * n2` with `n1 <= n2`; a prime gives `(1, n)`."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"can only factorise a positive integer, got {n!r}")
+    n1 = math.isqrt(n)
+    while n % n1:
+        n1 -= 1
+    return n1, n // n1
+
+
+def check_factors(channels: int, groups: int, factors: tuple[int, int] | None) -> tuple[int, int]:
+    """Validate `(channels, groups, factors)` and return the factors `(n1, n2)` of `n = channels // groups`."""
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if channels % groups:
+        raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
+    n = channels // groups
+    if factors is None:
+        return factorize(n)
+    try:
+        n1, n2 = (int(f) for f in factors)
+    except (TypeError, ValueError):
+        raise ValueError(f"factors must be a pair of positive integers, got {factors!r}") from None
+    if n1 < 1 or n2 < 1 or n1 * n2 != n:
+        raise ValueError(
+            f"factors ({n1}, {n2}) multiply to {n1 * n2}, but channels / groups = {channels} / {groups} = {n}")
+    return n1, n2
+
+
+def channel_shuffle_index(channels: int, groups: int, device=None) -> Tensor:
+    """Index vector of ShuffleNet's shuffle: output `m * G + g` reads input `g * n + m`."""
+    n = channels // groups
+    return torch.arange(channels, device=device).view(groups, n).t().reshape(-1)
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """ShuffleNet's fixed channel shuffle of an `(N, C, H, W)` tensor (a transpose of the group axis)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _as_group_matrices(m: Tensor, groups: int) -> Tensor:
+    """`(B, k, k)` (shared) -> `(B, 1, k, k)`; `(B, G, k, k)` is returned as is."""
+    if m.dim() == 3:
+        return m.unsqueeze(1)
+    if m.dim() == 4 and m.shape[1] in (1, groups):
+        return m
+    raise ValueError(f"expected matrices of shape (N, k, k) or (N, {groups}, k, k), got {tuple(m.shape)}")
+
+
+def kron_apply(x: Tensor, a: Tensor, b: Tensor, groups: int, shuffle: bool = True) -> Tensor:
+    """Apply `blockdiag_g(A_g ⊗ B_g)` to the channels of `x`, then (by default) the cross-group shuffle.
+
+    `x`: `(N, C, H, W)`; `a`: `(N|1, n1, n1)` or `(N|1, G, n1, n1)`; `b` likewise with `n2`.
+    Costs `C * (n1 + n2)` multiply-adds per pixel instead of the `C * n` of the dense block matrix.
+    The result is written directly in the shuffled channel order, so the shuffle costs no extra pass.
+    """
+    n, c, h, w = x.shape
+    a4, b4 = _as_group_matrices(a, groups), _as_group_matrices(b, groups)
+    n1, n2 = a4.shape[-1], b4.shape[-1]
+    if n1 * n2 * groups != c:
+        raise ValueError(f"factors ({n1}, {n2}) x groups {groups} do not match {c} channels")
+    s = h * w
+    z = x.reshape(n, groups, n1, n2 * s)
+    # A over the n1 axis: one (n1 x n1) @ (n1 x n2*S) product per sample and group.
+    t = torch.matmul(a4.to(z.dtype), z)
+    # B over the n2 axis, producing (N, G, n1, n2, S); the shuffled order (N, n1, n2, G, S) is a transpose.
+    t = t.view(n, groups, n1, n2, s)
+    y = torch.matmul(b4.to(t.dtype).unsqueeze(2), t)
+    if shuffle:
+        y = y.permute(0, 2, 3, 1, 4)
+    return y.reshape(n, c, h, w)
+
+
+def binarize(scores: Tensor) -> Tensor:
+    """Turn batched score matrices `(..., n, n)` into exact permutations `(..., n)`.
+
+    Row `i` gets column `perm[i]`. Where the row-wise argmaxes are already distinct they are the answer
+    (the common case once training has converged); otherwise a greedy assignment takes the largest
+    remaining log-probability, removes its row and column, and repeats, which always yields a valid
+    permutation (ties, equal rows, NaN and infinite scores included). Scores are logits or probabilities
+    of row-wise softmaxes: the result is the same for both.
+    """
+    if scores.dim() < 2 or scores.shape[-1] != scores.shape[-2]:
+        raise ValueError(f"binarize expects square matrices (..., n, n), got {tuple(scores.shape)}")
+    batch_shape, k = scores.shape[:-2], scores.shape[-1]
+    flat = scores.detach().reshape(-1, k, k)
+    perm = flat.argmax(-1)
+    if k == 1 or flat.shape[0] == 0:
+        return perm.reshape(*batch_shape, k)
+    counts = torch.zeros_like(perm).scatter_add_(1, perm, torch.ones_like(perm))
+    collided = (counts != 1).any(-1)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # A traced graph cannot branch on data: assign every matrix greedily (equal to the argmax where
+        # the argmaxes are distinct).
+        return greedy_assignment(flat).reshape(*batch_shape, k)
+    if collided.any():
+        rows = collided.nonzero().squeeze(1)
+        perm[rows] = greedy_assignment(flat[rows])
+    return perm.reshape(*batch_shape, k)
+
+
+def greedy_assignment(scores: Tensor) -> Tensor:
+    """Greedy batched assignment of `(M, n, n)` scores to permutations `(M, n)` (see `binarize`)."""
+    m, k, _ = scores.shape
+    logp = torch.log_softmax(scores.float(), dim=-1)
+    # Finite stand-ins keep NaN/inf scores below every real score but above the "taken" marker.
+    work = torch.nan_to_num(logp, nan=-3e38, posinf=3e38, neginf=-3e38)
+    taken = torch.tensor(float("-inf"), device=scores.device)
+    perm = torch.zeros(m, k, dtype=torch.long, device=scores.device)
+    batch = torch.arange(m, device=scores.device)
+    for _ in range(k):
+        best = work.reshape(m, k * k).argmax(-1)
+        row, col = best // k, best % k
+        perm[batch, row] = col
+        work[batch, row, :] = taken
+        work[batch, :, col] = taken
+    return perm
+
+
+def one_hot_permutation(perm: Tensor, dtype=torch.float32) -> Tensor:
+    """Permutation index `(..., n)` -> matrix `(..., n, n)` with row `i` one-hot at column `perm[i]`."""
+    return torch.nn.functional.one_hot(perm, perm.shape[-1]).to(dtype)
+
+
+def compose_permutation(perm_a: Tensor, perm_b: Tensor, groups: int) -> Tensor:
+    """Compose within-group `A ⊗ B` permutations and the cross-group shuffle into one index `(N, C)`.
+
+    `perm_a`: `(N, n1)` or `(N, G, n1)`; `perm_b`: `(N, n2)` or `(N, G, n2)`.
+    Output channel `(i * n2 + j) * G + g` reads input `g * n + perm_a[g, i] * n2 + perm_b[g, j]`.
+    """
+    if perm_a.dim() == 2:
+        perm_a = perm_a.unsqueeze(1)
+    if perm_b.dim() == 2:
+        perm_b = perm_b.unsqueeze(1)
+    n1, n2 = perm_a.shape[-1], perm_b.shape[-1]
+    n = n1 * n2
+    group_offset = torch.arange(groups, device=perm_a.device) * n
+    index = (group_offset.view(1, 1, 1, groups)
+             + (perm_a * n2).transpose(1, 2).unsqueeze(2)
+             + perm_b.transpose(1, 2).unsqueeze(1))
+    return index.reshape(index.shape[0], n * groups)
+
+
+def permute_channels(x: Tensor, index: Tensor) -> Tensor:
+    """`out[n, c] = x[n, index[n, c]]` for `x` `(N, C, H, W)` and `index` `(N, C)` or `(1, C)`: one gather.
+
+    Keeps channels-last inputs channels-last (a gather along the innermost axis).
+    """
+    n, c, h, w = x.shape
+    if index.shape[0] == 1:
+        return x.index_select(1, index[0])
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        out = torch.gather(rows, 2, index.unsqueeze(1).expand(n, h * w, c))
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    flat = index + torch.arange(n, device=index.device).unsqueeze(1) * c
+    return x.reshape(n * c, h * w).index_select(0, flat.reshape(-1)).view(n, c, h, w)
+
+
+def invert_permutation(index: Tensor) -> Tensor:
+    """Inverse of batched permutations `(..., n)`: `inv[index[i]] = i`."""
+    arange = torch.arange(index.shape[-1], device=index.device).expand_as(index)
+    return torch.empty_like(index).scatter_(-1, index, arange)
+
+
+def orthogonality_penalty(m: Tensor) -> Tensor:
+    """`‖M Mᵀ − I‖²_F` for each matrix of a batch `(..., n, n)`; 0 exactly when a row-stochastic M is a permutation."""
+    m = m.float()
+    gram = torch.matmul(m, m.transpose(-1, -2))
+    eye = torch.eye(m.shape[-1], device=m.device, dtype=m.dtype)
+    return (gram - eye).pow(2).sum((-2, -1))

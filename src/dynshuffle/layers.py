@@ -1,0 +1,419 @@
+"""Channel-shuffle layers: fixed, learned, dynamic (data-dependent) and static-dynamic.
+
+`DynamicShuffle` generates, for every input, a permutation of its channels from two small soft matrices
+A (n1 x n1) and B (n2 x n2) per group, applied as the Kronecker product A ⊗ B inside each of the G
+groups and followed by ShuffleNet's cross-group shuffle. Training goes through the matrix path (soft, or
+straight-through: exact permutation forward, softmax gradients); inference is one gather per sample.
+The layers know nothing of training: the training loop reads `module.regularization` (through
+`orthogonality_loss`) and switches modes with `set_shuffle_mode`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from . import functional as DF
+
+__all__ = [
+    "ChannelShuffle",
+    "DynamicShuffle",
+    "LearnedShuffle",
+    "StaticDynamicShuffle",
+    "ShuffleGenerator",
+    "orthogonality_loss",
+    "set_shuffle_mode",
+    "shuffle_modules",
+    "default_hidden",
+    "SHUFFLE_MODES",
+]
+
+SHUFFLE_MODES = ("auto", "soft", "ste", "hard")
+
+
+def _check_input(x: Tensor, channels: int, name: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got {x.dim()}-D shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} was built for {channels} channels, but the input has {x.shape[1]} "
+                         f"(shape {tuple(x.shape)})")
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's fixed channel shuffle: `groups` interleaved (a transpose of the group axis)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be a positive integer, got {groups!r}")
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ChannelShuffle expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] % self.groups:
+            raise ValueError(f"ChannelShuffle: {x.shape[1]} channels are not divisible by groups ({self.groups})")
+        if self.groups == 1:
+            return x
+        return DF.channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+def default_hidden(channels: int, n1: int, n2: int) -> int:
+    """Generator width: about 5 % of a C x C pointwise convolution's parameters, at least 8 units.
+
+    The heads cost `d * (n1² + n2²)` parameters; ShuffleNetV2's widths carry a prime factor (29 at 1.0x,
+    61 at 2.0x), so n2 can be large and `d = C / 4` (squeeze-excitation's usual width) would add about
+    half of the network's parameters (DESIGN §2 item 11). See docs/method.md for the budget table.
+    """
+    budget = channels * channels // (20 * (channels + n1 * n1 + n2 * n2))
+    return max(8, min(channels // 4, budget))
+
+
+def _diagonal_logit(n: int, confidence: float) -> float:
+    """Logit on the diagonal (others 0) that makes a row's softmax put `confidence` on the diagonal."""
+    if n == 1:
+        return 0.0
+    return math.log(confidence * (n - 1) / (1.0 - confidence))
+
+
+class ShuffleGenerator(nn.Module):
+    """Squeeze-excitation shaped generator: pooled channels -> hidden -> logits of A and B.
+
+    The heads start at zero weights and a diagonal bias, so a fresh module produces A ≈ I and B ≈ I
+    (exactly the identity after binarization) for every input: it starts as the fixed shuffle.
+    """
+
+    def __init__(self, channels: int, hidden: int, n1: int, n2: int, heads: int, confidence: float):
+        super().__init__()
+        self.n1, self.n2, self.heads = n1, n2, heads
+        self.reduce = nn.Linear(channels, hidden, bias=False)
+        self.norm = nn.BatchNorm1d(hidden)
+        self.head_a = nn.Linear(hidden, heads * n1 * n1)
+        self.head_b = nn.Linear(hidden, heads * n2 * n2)
+        nn.init.kaiming_normal_(self.reduce.weight, nonlinearity="relu")
+        for head, k in ((self.head_a, n1), (self.head_b, n2)):
+            nn.init.zeros_(head.weight)
+            with torch.no_grad():
+                head.bias.copy_(torch.eye(k).mul(_diagonal_logit(k, confidence)).repeat(heads, 1, 1).reshape(-1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.reduce(x.mean((2, 3)))
+        if self.training and z.shape[0] == 1:
+            # Batch statistics of a single sample are undefined: normalise with the running ones.
+            z = F.batch_norm(z, self.norm.running_mean, self.norm.running_var, self.norm.weight,
+                             self.norm.bias, training=False, eps=self.norm.eps)
+        else:
+            z = self.norm(z)
+        h = F.relu(z)
+        n = x.shape[0]
+        return (self.head_a(h).view(n, self.heads, self.n1, self.n1),
+                self.head_b(h).view(n, self.heads, self.n2, self.n2))
+
+
+class _StraightThroughShuffle(torch.autograd.Function):
+    """Exact permutation forward (a gather), softmax-matrix gradients backward.
+
+    Forward: `y = x[:, index]`. Backward, as if `y` had been computed by the matrix path with the one-hot
+    matrices: `dx` is the inverse gather of `dy`, and the matrix gradients reduce to Gram products of
+    `dy` with the saved output, `dA[i, k] = Σ dY[i, ·] Y[a⁻¹(k), ·]` (likewise B), so no matrix is built.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a_soft, b_soft, index, perm_a, perm_b, groups):
+        y = DF.permute_channels(x, index)
+        ctx.save_for_backward(y, index, perm_a, perm_b)
+        ctx.groups = groups
+        ctx.a_meta = (a_soft.shape, a_soft.dtype)
+        ctx.b_meta = (b_soft.shape, b_soft.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, index, perm_a, perm_b = ctx.saved_tensors
+        groups = ctx.groups
+        n, c, h, w = y.shape
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = DF.permute_channels(grad_y, DF.invert_permutation(index))
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            n1, n2 = perm_a.shape[-1], perm_b.shape[-1]
+            dtype = torch.promote_types(grad_y.dtype, y.dtype)
+            gy = grad_y.to(dtype).reshape(n, n1, n2, groups * h * w)
+            yy = y.to(dtype).reshape(n, n1, n2, groups * h * w)
+            a_shape, a_dtype = ctx.a_meta
+            b_shape, b_dtype = ctx.b_meta
+            if perm_a.dim() == 2:  # one pair per sample, shared by the groups
+                gram_a = torch.bmm(gy.reshape(n, n1, -1), yy.reshape(n, n1, -1).transpose(1, 2))
+                gram_b = torch.bmm(gy.reshape(n * n1, n2, -1), yy.reshape(n * n1, n2, -1).transpose(1, 2))
+                gram_b = gram_b.view(n, n1, n2, n2).sum(1)
+            else:
+                gy5 = gy.view(n, n1, n2, groups, h * w)
+                yy5 = yy.view(n, n1, n2, groups, h * w)
+                gram_a = torch.einsum("nijgs,nkjgs->ngik", gy5, yy5)
+                gram_b = torch.einsum("nijgs,nikgs->ngjk", gy5, yy5)
+            grad_a = gram_a.gather(-1, DF.invert_permutation(perm_a).unsqueeze(-2).expand_as(gram_a))
+            grad_b = gram_b.gather(-1, DF.invert_permutation(perm_b).unsqueeze(-2).expand_as(gram_b))
+            grad_a = grad_a.reshape(a_shape).to(a_dtype)
+            grad_b = grad_b.reshape(b_shape).to(b_dtype)
+        return grad_x, grad_a, grad_b, None, None, None, None
+
+
+class _FactorizedShuffle(nn.Module):
+    """Machinery shared by the learned and the dynamic shuffle: logits -> soft / exact permutation.
+
+    Subclasses provide `_logits(x)` returning logits of A and B shaped `(N|1, G|1, n1, n1)` and
+    `(N|1, G|1, n2, n2)`.
+    """
+
+    def __init__(self, channels: int, groups: int, factors, temperature: float, share: bool, mode: str):
+        super().__init__()
+        self.n1, self.n2 = DF.check_factors(channels, groups, factors)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.channels, self.groups = channels, groups
+        self.temperature = float(temperature)
+        self.share = bool(share)
+        self.mode = mode
+        # The orthogonality penalty of the last forward that computed soft matrices (None otherwise).
+        self.regularization: Tensor | None = None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in SHUFFLE_MODES:
+            raise ValueError(f"shuffle mode must be one of {SHUFFLE_MODES}, got {mode!r}")
+        self._mode = mode
+
+    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _squeeze_groups(self, m: Tensor) -> Tensor:
+        return m.squeeze(1) if self.share else m
+
+    def _soft(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor]:
+        a = torch.softmax(logits_a.float() / self.temperature, dim=-1)
+        b = torch.softmax(logits_b.float() / self.temperature, dim=-1)
+        return self._squeeze_groups(a), self._squeeze_groups(b)
+
+    def _penalty(self, a: Tensor, b: Tensor) -> Tensor:
+        # Batch- (and group-) averaged, so shared and per-group modules are on the same scale.
+        return DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
+
+    def _hard_index(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        perm_a = self._squeeze_groups(DF.binarize(logits_a))
+        perm_b = self._squeeze_groups(DF.binarize(logits_b))
+        return DF.compose_permutation(perm_a, perm_b, self.groups), perm_a, perm_b
+
+    def _uses_soft_path(self) -> bool:
+        return self.mode == "soft" or (self.mode == "auto" and self.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.channels, type(self).__name__)
+        logits_a, logits_b = self._logits(x)
+        if self._uses_soft_path():
+            a, b = self._soft(logits_a, logits_b)
+            self.regularization = self._penalty(a, b)
+            y = DF.kron_apply(x, a, b, self.groups)
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+                y = y.contiguous(memory_format=torch.channels_last)
+            return y
+        index, perm_a, perm_b = self._hard_index(logits_a, logits_b)
+        generator_needs_grad = torch.is_grad_enabled() and (logits_a.requires_grad or logits_b.requires_grad)
+        if not (self.training and generator_needs_grad):
+            self.regularization = None
+            return DF.permute_channels(x, index)
+        # Training with exact permutations: straight-through, so the generator still gets a gradient
+        # (a bare gather gives it none, and DDP then stops on parameters that received no gradient).
+        a, b = self._soft(logits_a, logits_b)
+        self.regularization = self._penalty(a, b)
+        batch = x.shape[0]
+        a = a.expand(batch, *a.shape[1:])
+        b = b.expand(batch, *b.shape[1:])
+        index = index.expand(batch, -1)
+        return _StraightThroughShuffle.apply(x, a, b, index, perm_a, perm_b, self.groups)
+
+    @torch.no_grad()
+    def permutation(self, x: Tensor) -> Tensor:
+        """The exact permutation the hard path applies: LongTensor `(N, C)` with `out[n, c] == x[n, perm[n, c]]`."""
+        _check_input(x, self.channels, type(self).__name__)
+        index = self._hard_index(*self._logits(x))[0]
+        return index.expand(x.shape[0], -1)
+
+    @torch.no_grad()
+    def soft_matrices(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The soft factors `(A, B)` for input `x`: `(N, n1, n1)`, `(N, n2, n2)` (or with a group axis)."""
+        _check_input(x, self.channels, type(self).__name__)
+        a, b = self._soft(*self._logits(x))
+        return a.expand(x.shape[0], *a.shape[1:]), b.expand(x.shape[0], *b.shape[1:])
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, groups={self.groups}, factors=({self.n1}, {self.n2}), "
+                f"share={self.share}, mode={self.mode!r}, temperature={self.temperature:g}")
+
+
+class DynamicShuffle(_FactorizedShuffle):
+    """Data-dependent channel shuffle (Dynamic Shuffle, arXiv 2310.02776).
+
+    Args:
+        channels: C, the input and output channels.
+        groups: G; C must be divisible by G. The cross-group part is ShuffleNet's shuffle with G groups.
+        factors: (n1, n2) with n1 * n2 = C / G; default the most balanced factorisation (prime -> (1, n)).
+        hidden: the generator's width; default `default_hidden` (keeps a dynamic ShuffleNet within the
+            DESIGN budget of 10 % parameters).
+        temperature: softmax temperature of the soft matrices.
+        share: one (A, B) pair per sample shared by all groups (True) or one per group.
+        mode: "auto" (soft in training, exact permutation in eval), "soft" (always soft), "ste" or
+            "hard" (exact permutation forward; in training the gradient is the softmax's, straight-through).
+        confidence: the diagonal's softmax probability at initialisation (A ≈ I, B ≈ I).
+
+    After a forward that built soft matrices, `self.regularization` holds that forward's orthogonality
+    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable).
+    """
+
+    def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
+                 hidden: int | None = None, temperature: float = 1.0, share: bool = True,
+                 mode: str = "auto", confidence: float = 0.9):
+        super().__init__(channels, groups, factors, temperature, share, mode)
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        self.hidden = default_hidden(channels, self.n1, self.n2) if hidden is None else int(hidden)
+        if self.hidden < 1:
+            raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
+        heads = 1 if self.share else groups
+        self.generator = ShuffleGenerator(channels, self.hidden, self.n1, self.n2, heads, confidence)
+        if self.temperature != 1.0:
+            # The diagonal bias was computed for temperature 1: scale it so the initial softmax is the same.
+            with torch.no_grad():
+                self.generator.head_a.bias.mul_(self.temperature)
+                self.generator.head_b.bias.mul_(self.temperature)
+
+    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.generator(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", hidden={self.hidden}"
+
+
+class LearnedShuffle(_FactorizedShuffle):
+    """A learned but input-independent shuffle: the factorised permutation of `DynamicShuffle` with
+    logits that are parameters instead of a generator's output (one permutation for every input
+    after binarization). The control that separates learning a permutation from data dependence."""
+
+    def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
+                 temperature: float = 1.0, share: bool = True, mode: str = "auto", confidence: float = 0.9):
+        super().__init__(channels, groups, factors, temperature, share, mode)
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        heads = 1 if self.share else groups
+        self.logits_a = nn.Parameter(self._init_logits(heads, self.n1, confidence))
+        self.logits_b = nn.Parameter(self._init_logits(heads, self.n2, confidence))
+
+    def _init_logits(self, heads: int, k: int, confidence: float) -> Tensor:
+        return torch.eye(k).mul(self.temperature * _diagonal_logit(k, confidence)).repeat(heads, 1, 1)
+
+    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.logits_a.unsqueeze(0), self.logits_b.unsqueeze(0)
+
+
+class StaticDynamicShuffle(nn.Module):
+    """Static-dynamic shuffle: a light replacement for a C -> C pointwise convolution (DESIGN §3).
+
+    `y = S_G · blockdiag_g[(A(x) ⊗ B(x)) + (U_g ⊗ V_g)] x (+ bias)`: the dynamic permutation of
+    `DynamicShuffle` plus a learnable static Kronecker-factored mixing per group. Costs C·(n1 + n2)
+    multiply-adds per pixel for the static part (the dynamic part is a gather at inference) against C²
+    for the convolution, and G·(n1² + n2²) static parameters against C².
+
+    `static_impl`: how the static part runs: "factored" (two small matrix products), "dense" (one grouped
+    1x1 convolution with the Kronecker block materialised), or "auto" (dense when its multiply-adds are at
+    most twice the factored ones: small dense products run far more efficiently than tiny batched ones).
+    """
+
+    def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
+                 hidden: int | None = None, temperature: float = 1.0, share: bool = True,
+                 mode: str = "auto", bias: bool = False, static_impl: str = "auto", confidence: float = 0.9):
+        super().__init__()
+        self.dynamic = DynamicShuffle(channels, groups, factors, hidden, temperature, share, mode, confidence)
+        self.channels, self.groups = channels, groups
+        n1, n2 = self.dynamic.n1, self.dynamic.n2
+        if static_impl not in ("auto", "factored", "dense"):
+            raise ValueError(f"static_impl must be 'auto', 'factored' or 'dense', got {static_impl!r}")
+        if static_impl == "auto":
+            static_impl = "dense" if n1 * n2 <= 2 * (n1 + n2) else "factored"
+        self.static_impl = static_impl
+        # Each entry of U ⊗ V has variance 1 / n, a fan-in initialisation of the dense block.
+        self.static_u = nn.Parameter(torch.randn(groups, n1, n1) / math.sqrt(n1))
+        self.static_v = nn.Parameter(torch.randn(groups, n2, n2) / math.sqrt(n2))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    @property
+    def mode(self) -> str:
+        return self.dynamic.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self.dynamic.mode = mode
+
+    @property
+    def regularization(self) -> Tensor | None:
+        return self.dynamic.regularization
+
+    def static_weight(self) -> Tensor:
+        """The static part as a grouped 1x1 convolution weight `(C, n, 1, 1)` (within-group order)."""
+        block = torch.einsum("gik,gjl->gijkl", self.static_u, self.static_v)
+        n = self.channels // self.groups
+        return block.reshape(self.channels, n, 1, 1)
+
+    def _static(self, x: Tensor) -> Tensor:
+        if self.static_impl == "dense":
+            y = F.conv2d(x, self.static_weight().to(x.dtype), groups=self.groups)
+            return DF.channel_shuffle(y, self.groups) if self.groups > 1 else y
+        return DF.kron_apply(x, self.static_u.unsqueeze(0), self.static_v.unsqueeze(0), self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.channels, type(self).__name__)
+        y = self.dynamic(x) + self._static(x)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1).to(y.dtype)
+        return y
+
+    def permutation(self, x: Tensor) -> Tensor:
+        return self.dynamic.permutation(x)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, groups={self.groups}, static=({self.dynamic.n1}x{self.dynamic.n1}) ⊗ "
+                f"({self.dynamic.n2}x{self.dynamic.n2}) per group, static_impl={self.static_impl!r}, "
+                f"bias={self.bias is not None}")
+
+
+def shuffle_modules(model: nn.Module) -> Iterator[_FactorizedShuffle]:
+    """Every learned or dynamic shuffle module in `model` (those with a mode and a penalty)."""
+    for module in model.modules():
+        if isinstance(module, _FactorizedShuffle):
+            yield module
+
+
+def orthogonality_loss(model: nn.Module) -> Tensor:
+    """Sum of the orthogonality penalties of every shuffle module's last forward (0 when none)."""
+    terms = [m.regularization for m in shuffle_modules(model) if m.regularization is not None]
+    if terms:
+        return torch.stack([t.float() for t in terms]).sum()
+    param = next(model.parameters(), None)
+    return torch.zeros((), device=param.device if param is not None else None)
+
+
+def set_shuffle_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every learned/dynamic shuffle module of `model` to `mode` ("auto", "soft", "ste", "hard")."""
+    if mode not in SHUFFLE_MODES:
+        raise ValueError(f"shuffle mode must be one of {SHUFFLE_MODES}, got {mode!r}")
+    for module in shuffle_modules(model):
+        module.mode = mode
+    return model

@@ -1,0 +1,162 @@
+"""The math of dynamic shuffle as plain functions: Kronecker apply, binarization, composition, penalty."""
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from dynshuffle import functional as DF
+
+
+@pytest.mark.parametrize("n,expected", [(1, (1, 1)), (2, (1, 2)), (12, (3, 4)), (16, (4, 4)), (29, (1, 29)),
+                                        (58, (2, 29)), (232, (8, 29)), (96, (8, 12))])
+def test_factorize_is_most_balanced(n, expected):
+    assert DF.factorize(n) == expected
+
+
+def test_check_factors_errors_name_the_numbers():
+    with pytest.raises(ValueError, match=r"channels \(10\) must be divisible by groups \(3\)"):
+        DF.check_factors(10, 3, None)
+    with pytest.raises(ValueError, match=r"factors \(2, 4\) multiply to 8.*12 / 2 = 6"):
+        DF.check_factors(12, 2, (2, 4))
+
+
+def test_channel_shuffle_index_matches_reshape_transpose():
+    x = torch.randn(2, 12, 3, 3)
+    idx = DF.channel_shuffle_index(12, 3)
+    assert torch.equal(x[:, idx], DF.channel_shuffle(x, 3))
+    assert idx.tolist()[:4] == [0, 4, 8, 1]
+
+
+def _dense_reference(x, a, b, groups):
+    """Build the full C x C matrix with torch.kron and the shuffle as a permutation matrix."""
+    n, c = x.shape[:2]
+    out = []
+    for s in range(n):
+        blocks = []
+        for g in range(groups):
+            ag = a[s] if a.dim() == 3 else a[s, g]
+            bg = b[s] if b.dim() == 3 else b[s, g]
+            blocks.append(torch.kron(ag, bg))
+        mix = torch.block_diag(*blocks)
+        shuffle = torch.eye(c, dtype=x.dtype)[DF.channel_shuffle_index(c, groups)]
+        out.append(torch.einsum("oc,chw->ohw", shuffle @ mix, x[s]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("groups,n1,n2,share", [(1, 2, 3, True), (2, 2, 3, True), (3, 1, 5, False), (2, 3, 2, False)])
+def test_kron_apply_matches_dense_torch_kron(groups, n1, n2, share):
+    torch.manual_seed(0)
+    c = groups * n1 * n2
+    x = torch.randn(3, c, 4, 5, dtype=torch.float64)
+    shape_a = (3, n1, n1) if share else (3, groups, n1, n1)
+    shape_b = (3, n2, n2) if share else (3, groups, n2, n2)
+    a = torch.softmax(torch.randn(shape_a, dtype=torch.float64), -1)
+    b = torch.softmax(torch.randn(shape_b, dtype=torch.float64), -1)
+    torch.testing.assert_close(DF.kron_apply(x, a, b, groups), _dense_reference(x, a, b, groups))
+
+
+def test_kron_apply_broadcasts_batch_one_matrices():
+    x = torch.randn(4, 12, 2, 2, dtype=torch.float64)
+    a = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    b = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    expected = _dense_reference(x, a.expand(4, -1, -1, -1), b.expand(4, -1, -1, -1), 2)
+    torch.testing.assert_close(DF.kron_apply(x, a, b, 2), expected)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_kron_apply_gradcheck(share):
+    torch.manual_seed(1)
+    groups, n1, n2 = 2, 2, 3
+    x = torch.randn(2, groups * n1 * n2, 2, 3, dtype=torch.float64, requires_grad=True)
+    shape = (2,) if share else (2, groups)
+    a = torch.randn(*shape, n1, n1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(*shape, n2, n2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a, b: DF.kron_apply(x, a, b, groups), (x, a, b))
+
+
+def _is_permutation(perm):
+    k = perm.shape[-1]
+    return bool((perm.sort(-1).values == torch.arange(k)).all())
+
+
+def test_binarize_uses_row_argmax_when_distinct():
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.0, 0.2, 0.7]])
+    assert DF.binarize(scores).tolist() == [1, 0, 2]
+
+
+def test_binarize_resolves_collisions_and_ties():
+    ties = torch.zeros(5, 4, 4)               # every entry tied
+    same_rows = torch.tensor([[3.0, 1.0, 0.0]]).expand(3, 3)   # every row's argmax is column 0
+    assert _is_permutation(DF.binarize(ties))
+    perm = DF.binarize(same_rows)
+    assert _is_permutation(perm)
+    weird = torch.tensor([[float("nan"), 1.0], [float("inf"), float("-inf")]])
+    assert _is_permutation(DF.binarize(weird))
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 9), batch=st.integers(1, 4), seed=st.integers(0, 2**16), rounding=st.sampled_from([None, 0, 1]))
+def test_binarize_always_returns_a_permutation(k, batch, seed, rounding):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, k, k, generator=g)
+    if rounding is not None:   # coarse values make ties and colliding argmaxes common
+        scores = scores.round(decimals=rounding)
+    perm = DF.binarize(scores)
+    assert perm.shape == (batch, k) and _is_permutation(perm)
+
+
+def test_binarize_is_exact_on_permutation_matrices():
+    perms = torch.stack([torch.randperm(7) for _ in range(10)])
+    assert torch.equal(DF.binarize(DF.one_hot_permutation(perms)), perms)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_compose_permutation_matches_one_hot_kron(share):
+    groups, n1, n2 = 3, 2, 4
+    c = groups * n1 * n2
+    shape = (2,) if share else (2, groups)
+    pa = torch.stack([torch.randperm(n1) for _ in range(int(torch.tensor(shape).prod()))]).view(*shape, n1)
+    pb = torch.stack([torch.randperm(n2) for _ in range(int(torch.tensor(shape).prod()))]).view(*shape, n2)
+    x = torch.randn(2, c, 3, 3)
+    index = DF.compose_permutation(pa, pb, groups)
+    assert _is_permutation(index)
+    expected = DF.kron_apply(x, DF.one_hot_permutation(pa), DF.one_hot_permutation(pb), groups)
+    assert torch.equal(DF.permute_channels(x, index), expected)
+
+
+def test_permute_channels_channels_last_and_inverse():
+    x = torch.randn(3, 10, 4, 5)
+    index = torch.stack([torch.randperm(10) for _ in range(3)])
+    ref = torch.stack([x[i, index[i]] for i in range(3)])
+    out_cl = DF.permute_channels(x.contiguous(memory_format=torch.channels_last), index)
+    assert torch.equal(DF.permute_channels(x, index), ref)
+    assert torch.equal(out_cl, ref) and out_cl.is_contiguous(memory_format=torch.channels_last)
+    inv = DF.invert_permutation(index)
+    assert torch.equal(DF.permute_channels(ref, inv), x)
+
+
+def test_penalty_zero_on_permutations():
+    for perm in itertools.permutations(range(4)):
+        assert DF.orthogonality_penalty(DF.one_hot_permutation(torch.tensor(perm))).item() == 0.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(k=st.integers(2, 8), seed=st.integers(0, 2**16), scale=st.floats(0.1, 20.0))
+def test_penalty_positive_on_soft_matrices(k, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.softmax(torch.randn(k, k, generator=g, dtype=torch.float64) * scale, -1)
+    penalty = DF.orthogonality_penalty(m).item()
+    is_perm = bool(((m == 1.0).sum(-1) == 1).all() and ((m == 1.0).sum(0) == 1).all())
+    assert penalty >= 0.0
+    assert (penalty == 0.0) == is_perm
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(2, 6), seed=st.integers(0, 2**16))
+def test_penalty_positive_on_one_hot_rows_that_collide(k, seed):
+    """Row-stochastic with one-hot rows but a repeated column is not a permutation: penalty > 0."""
+    g = torch.Generator().manual_seed(seed)
+    cols = torch.randint(0, k, (k,), generator=g)
+    cols[1] = cols[0]
+    assert DF.orthogonality_penalty(DF.one_hot_permutation(cols)).item() > 0
