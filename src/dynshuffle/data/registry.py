@@ -1,0 +1,89 @@
+"""The dataset registry: one `DatasetSpec` per name and the loader that builds its two splits."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from .cifar import load_cifar
+from .digits import load_digits_splits
+from .folders import load_imagenet, load_tiny_imagenet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model and the batch transform need to know about a dataset.
+
+    `stem` names the model stem suited to the resolution: "cifar" (32x32), "tiny" (64x64) or
+    "imagenet" (224x224). `mean`/`std` are per-channel, in [0, 1] pixel units.
+    """
+
+    name: str
+    num_classes: int
+    image_size: int
+    stem: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+Loader = Callable[[DatasetSpec, str | os.PathLike | None, bool], tuple[Dataset, Dataset]]
+
+_REGISTRY: dict[str, tuple[DatasetSpec, Loader]] = {
+    # Digits mean/std: measured on the training split (tests/test_data.py checks them).
+    "digits": (
+        DatasetSpec("digits", 10, 32, "cifar", (0.3054,) * 3, (0.3237,) * 3),
+        lambda spec, root, download: load_digits_splits(),
+    ),
+    "cifar10": (
+        DatasetSpec("cifar10", 10, 32, "cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        lambda spec, root, download: load_cifar("cifar10", root, download),
+    ),
+    "cifar100": (
+        DatasetSpec("cifar100", 100, 32, "cifar", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        lambda spec, root, download: load_cifar("cifar100", root, download),
+    ),
+    # Tiny ImageNet is drawn from ImageNet, so it uses ImageNet's statistics.
+    "tiny-imagenet": (
+        DatasetSpec("tiny-imagenet", 200, 64, "tiny", IMAGENET_MEAN, IMAGENET_STD),
+        lambda spec, root, download: load_tiny_imagenet(root, spec.image_size),
+    ),
+    "imagenet": (
+        DatasetSpec("imagenet", 1000, 224, "imagenet", IMAGENET_MEAN, IMAGENET_STD),
+        lambda spec, root, download: load_imagenet(root, spec.image_size),
+    ),
+}
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, the offline default ("digits") first."""
+    return list(_REGISTRY)
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_REGISTRY)}")
+    return key
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """The spec of a registered dataset (case and '-'/'_' insensitive); ValueError for an unknown name."""
+    return _REGISTRY[_canonical(name)][0]
+
+
+def build_datasets(
+    name: str, root: str | os.PathLike | None = None, download: bool = False
+) -> tuple[Dataset, Dataset]:
+    """(train, validation) datasets of `name`; items are (uint8 tensor (3, S, S), int label).
+
+    `root` is unused for "digits" (bundled with scikit-learn) and required for the others.
+    `download=True` fetches CIFAR archives that are missing; the folder datasets cannot be
+    downloaded automatically and ignore it. Problems with the data raise `DataError`.
+    """
+    spec, loader = _REGISTRY[_canonical(name)]
+    return loader(spec, root, download)
