@@ -106,6 +106,32 @@ def test_binarize_always_returns_a_permutation(k, batch, seed, rounding):
     assert perm.shape == (batch, k) and _is_permutation(perm)
 
 
+def _sequential_greedy(scores):
+    """Reference: one assignment per step, the largest remaining log-probability (row-major ties)."""
+    m, k, _ = scores.shape
+    work = torch.log_softmax(scores.float(), -1)
+    perm = torch.zeros(m, k, dtype=torch.long)
+    for b in range(m):
+        w = work[b].clone()
+        for _ in range(k):
+            best = int(w.argmax())
+            r, c = divmod(best, k)
+            perm[b, r] = c
+            w[r, :] = float("-inf")
+            w[:, c] = float("-inf")
+    return perm
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8, 13])
+@pytest.mark.parametrize("decimals", [None, 0, 1])
+def test_greedy_assignment_equals_sequential_greedy(k, decimals):
+    torch.manual_seed(k)
+    scores = torch.randn(40, k, k)
+    if decimals is not None:
+        scores = scores.round(decimals=decimals)
+    assert torch.equal(DF.greedy_assignment(scores), _sequential_greedy(scores))
+
+
 def test_binarize_is_exact_on_permutation_matrices():
     perms = torch.stack([torch.randperm(7) for _ in range(10)])
     assert torch.equal(DF.binarize(DF.one_hot_permutation(perms)), perms)

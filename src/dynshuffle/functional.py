@@ -113,45 +113,68 @@ def binarize(scores: Tensor) -> Tensor:
     """Turn batched score matrices `(..., n, n)` into exact permutations `(..., n)`.
 
     Row `i` gets column `perm[i]`. Where the row-wise argmaxes are already distinct they are the answer
-    (the common case once training has converged); otherwise a greedy assignment takes the largest
-    remaining log-probability, removes its row and column, and repeats, which always yields a valid
-    permutation (ties, equal rows, NaN and infinite scores included). Scores are logits or probabilities
-    of row-wise softmaxes: the result is the same for both.
+    (the common case once training has converged). Otherwise the result is the greedy assignment: take
+    the largest remaining score, remove its row and column, repeat. It always yields a valid permutation
+    (ties, equal rows, NaN and infinite scores included). Scores are compared across rows as
+    log-probabilities of row-wise softmaxes, so logits and probabilities give the same result.
     """
     if scores.dim() < 2 or scores.shape[-1] != scores.shape[-2]:
         raise ValueError(f"binarize expects square matrices (..., n, n), got {tuple(scores.shape)}")
     batch_shape, k = scores.shape[:-2], scores.shape[-1]
     flat = scores.detach().reshape(-1, k, k)
+    if _is_tracing():
+        # A traced graph cannot branch on data: resolve every matrix (equal to the argmax where the
+        # argmaxes are distinct).
+        return greedy_assignment(flat).reshape(*batch_shape, k)
     perm = flat.argmax(-1)
     if k == 1 or flat.shape[0] == 0:
         return perm.reshape(*batch_shape, k)
-    counts = torch.zeros_like(perm).scatter_add_(1, perm, torch.ones_like(perm))
-    collided = (counts != 1).any(-1)
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        # A traced graph cannot branch on data: assign every matrix greedily (equal to the argmax where
-        # the argmaxes are distinct).
-        return greedy_assignment(flat).reshape(*batch_shape, k)
+    collided = ~is_permutation(perm)
     if collided.any():
         rows = collided.nonzero().squeeze(1)
         perm[rows] = greedy_assignment(flat[rows])
     return perm.reshape(*batch_shape, k)
 
 
+def _is_tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def is_permutation(index: Tensor) -> Tensor:
+    """Whether each row of `(..., n)` indices in `[0, n)` is a permutation (every value exactly once)."""
+    counts = torch.zeros_like(index).scatter_add_(-1, index, torch.ones_like(index))
+    return (counts == 1).all(-1)
+
+
 def greedy_assignment(scores: Tensor) -> Tensor:
-    """Greedy batched assignment of `(M, n, n)` scores to permutations `(M, n)` (see `binarize`)."""
+    """Greedy batched assignment of `(M, n, n)` scores to permutations `(M, n)` (see `binarize`).
+
+    Sequential greedy takes one entry per step. Here every round takes all "mutual best" entries at
+    once: the maximum of its row and of its column among the rows and columns still free (ties go to
+    the lower index, as a row-major argmax would). Such entries are exactly those sequential greedy
+    takes, in a different order, so the result is the same in a few rounds instead of n steps.
+    """
     m, k, _ = scores.shape
     logp = torch.log_softmax(scores.float(), dim=-1)
     # Finite stand-ins keep NaN/inf scores below every real score but above the "taken" marker.
     work = torch.nan_to_num(logp, nan=-3e38, posinf=3e38, neginf=-3e38)
-    taken = torch.tensor(float("-inf"), device=scores.device)
     perm = torch.zeros(m, k, dtype=torch.long, device=scores.device)
-    batch = torch.arange(m, device=scores.device)
+    free_rows = torch.ones(m, k, dtype=torch.bool, device=scores.device)
+    rows = torch.arange(k, device=scores.device)
+    tracing = _is_tracing()
     for _ in range(k):
-        best = work.reshape(m, k * k).argmax(-1)
-        row, col = best // k, best % k
-        perm[batch, row] = col
-        work[batch, row, :] = taken
-        work[batch, :, col] = taken
+        best_col = work.argmax(-1)                      # (m, k): each row's best free column
+        best_row = work.argmax(-2)                      # (m, k): each column's best free row
+        mutual = (best_row.gather(1, best_col) == rows) & free_rows
+        perm = torch.where(mutual, best_col, perm)
+        free_rows = free_rows & ~mutual
+        # Columns taken this round (non-mutual rows scatter into a spare column k that is dropped).
+        target = torch.where(mutual, best_col, k)
+        taken_cols = torch.zeros(m, k + 1, dtype=torch.long, device=scores.device).scatter_add_(
+            1, target, mutual.long())[:, :k] > 0
+        work = work.masked_fill(mutual.unsqueeze(-1) | taken_cols.unsqueeze(-2), float("-inf"))
+        if not tracing and not bool(free_rows.any()):
+            break
     return perm
 
 

@@ -209,9 +209,16 @@ class _FactorizedShuffle(nn.Module):
         return DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
 
     def _hard_index(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        perm_a = self._squeeze_groups(DF.binarize(logits_a))
-        perm_b = self._squeeze_groups(DF.binarize(logits_b))
-        return DF.compose_permutation(perm_a, perm_b, self.groups), perm_a, perm_b
+        # Row argmaxes of the logits are those of the softmax; one validity check on the composed
+        # index covers every factor, and only a failed check pays for the assignment.
+        perm_a = self._squeeze_groups(logits_a.detach().argmax(-1))
+        perm_b = self._squeeze_groups(logits_b.detach().argmax(-1))
+        index = DF.compose_permutation(perm_a, perm_b, self.groups)
+        if DF._is_tracing() or not bool(DF.is_permutation(index).all()):
+            perm_a = self._squeeze_groups(DF.binarize(logits_a))
+            perm_b = self._squeeze_groups(DF.binarize(logits_b))
+            index = DF.compose_permutation(perm_a, perm_b, self.groups)
+        return index, perm_a, perm_b
 
     def _uses_soft_path(self) -> bool:
         return self.mode == "soft" or (self.mode == "auto" and self.training)
