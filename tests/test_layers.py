@@ -273,3 +273,10 @@ def test_torch_compile_eval_matches_eager():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_spatial_mean_gradient_matches_autograd_mean():
+    from dynshuffle.layers import spatial_mean
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(spatial_mean, (x,))
+    torch.testing.assert_close(spatial_mean(x), x.mean((2, 3)))

@@ -82,6 +82,31 @@ def _diagonal_logit(n: int, confidence: float) -> float:
     return math.log(confidence * (n - 1) / (1.0 - confidence))
 
 
+class _SpatialMean(torch.autograd.Function):
+    """Mean over H, W whose backward returns a broadcast view instead of a materialised tensor.
+
+    Autograd's own mean backward writes a full-size gradient (a division) that is then added to the
+    gradient of the shuffle's other use of `x`: two extra passes over the largest tensor of the layer.
+    A stride-0 view costs nothing and is added once, where the gradients meet.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.spatial = (x.shape[2], x.shape[3])
+        return x.mean((2, 3))
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, w = ctx.spatial
+        return (grad / (h * w))[:, :, None, None].expand(-1, -1, h, w)
+
+
+def spatial_mean(x: Tensor) -> Tensor:
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or DF._is_tracing():
+        return x.mean((2, 3))
+    return _SpatialMean.apply(x)
+
+
 class ShuffleGenerator(nn.Module):
     """Squeeze-excitation shaped generator: pooled channels -> hidden -> logits of A and B.
 
@@ -103,7 +128,7 @@ class ShuffleGenerator(nn.Module):
                 head.bias.copy_(torch.eye(k).mul(_diagonal_logit(k, confidence)).repeat(heads, 1, 1).reshape(-1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.reduce(x.mean((2, 3)))
+        z = self.reduce(spatial_mean(x))
         if self.training and z.shape[0] == 1:
             # Batch statistics of a single sample are undefined: normalise with the running ones.
             z = F.batch_norm(z, self.norm.running_mean, self.norm.running_var, self.norm.weight,
