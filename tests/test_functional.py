@@ -186,3 +186,16 @@ def test_penalty_positive_on_one_hot_rows_that_collide(k, seed):
     cols = torch.randint(0, k, (k,), generator=g)
     cols[1] = cols[0]
     assert DF.orthogonality_penalty(DF.one_hot_permutation(cols)).item() > 0
+
+
+@pytest.mark.parametrize("share_ab", [True, False])
+def test_kron_apply_sum_equals_two_kron_applies(share_ab):
+    torch.manual_seed(3)
+    groups, n1, n2 = 3, 2, 4
+    x = torch.randn(2, groups * n1 * n2, 3, 3, dtype=torch.float64)
+    a = torch.randn(*((2,) if share_ab else (2, groups)), n1, n1, dtype=torch.float64)
+    b = torch.randn(*((2,) if share_ab else (2, groups)), n2, n2, dtype=torch.float64)
+    u = torch.randn(1, groups, n1, n1, dtype=torch.float64)
+    v = torch.randn(1, groups, n2, n2, dtype=torch.float64)
+    expected = DF.kron_apply(x, a, b, groups) + DF.kron_apply(x, u, v, groups)
+    torch.testing.assert_close(DF.kron_apply_sum(x, a, b, u, v, groups), expected)

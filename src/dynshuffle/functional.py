@@ -24,6 +24,7 @@ __all__ = [
     "channel_shuffle_index",
     "channel_shuffle",
     "kron_apply",
+    "kron_apply_sum",
     "binarize",
     "one_hot_permutation",
     "compose_permutation",
@@ -90,7 +91,6 @@ def kron_apply(x: Tensor, a: Tensor, b: Tensor, groups: int, shuffle: bool = Tru
 
     `x`: `(N, C, H, W)`; `a`: `(N|1, n1, n1)` or `(N|1, G, n1, n1)`; `b` likewise with `n2`.
     Costs `C * (n1 + n2)` multiply-adds per pixel instead of the `C * n` of the dense block matrix.
-    The result is written directly in the shuffled channel order, so the shuffle costs no extra pass.
     """
     n, c, h, w = x.shape
     a4, b4 = _as_group_matrices(a, groups), _as_group_matrices(b, groups)
@@ -98,15 +98,46 @@ def kron_apply(x: Tensor, a: Tensor, b: Tensor, groups: int, shuffle: bool = Tru
     if n1 * n2 * groups != c:
         raise ValueError(f"factors ({n1}, {n2}) x groups {groups} do not match {c} channels")
     s = h * w
+    a4, b4 = a4.to(x.dtype), b4.to(x.dtype)
+    if shuffle and a4.shape[1] == 1 and b4.shape[1] == 1:
+        # One pair shared by the groups commutes with the cross-group shuffle: shuffle the input once,
+        # then both products run on contiguous (n1, n2 * G * S) / (n2, G * S) blocks and land directly
+        # in the output's order (the fastest of the formulations in benchmarks/bench_kron_variants.py).
+        xs = x.reshape(n, groups, c // groups, s).transpose(1, 2).reshape(n, n1, n2 * groups * s)
+        t = torch.matmul(a4[:, 0], xs)                                   # A over the n1 axis
+        y = torch.matmul(b4[:, 0].unsqueeze(1), t.view(n, n1, n2, groups * s))  # B over the n2 axis
+        return y.reshape(n, c, h, w)
     z = x.reshape(n, groups, n1, n2 * s)
-    # A over the n1 axis: one (n1 x n1) @ (n1 x n2*S) product per sample and group.
-    t = torch.matmul(a4.to(z.dtype), z)
-    # B over the n2 axis, producing (N, G, n1, n2, S); the shuffled order (N, n1, n2, G, S) is a transpose.
-    t = t.view(n, groups, n1, n2, s)
-    y = torch.matmul(b4.to(t.dtype).unsqueeze(2), t)
+    t = torch.matmul(a4, z).view(n, groups, n1, n2, s)                  # A over n1, per group
+    y = torch.matmul(b4.unsqueeze(2), t)                                # B over n2: (N, G, n1, n2, S)
     if shuffle:
         y = y.permute(0, 2, 3, 1, 4)
     return y.reshape(n, c, h, w)
+
+
+def kron_apply_sum(x: Tensor, a: Tensor, b: Tensor, u: Tensor, v: Tensor, groups: int) -> Tensor:
+    """`S_G · blockdiag_g[(A_g ⊗ B_g) + (U_g ⊗ V_g)] x` in two matrix products instead of four and an add.
+
+    `A Z Bᵀ + U Z Vᵀ = [A U] · [Z Bᵀ ; Z Vᵀ]`: one product with the stacked `[B; V]` and one with the
+    interleaved `[A U]`, so the intermediate is written and read once. Shapes as in `kron_apply`.
+    """
+    n, c, h, w = x.shape
+    a4, b4 = _as_group_matrices(a, groups), _as_group_matrices(b, groups)
+    u4, v4 = _as_group_matrices(u, groups), _as_group_matrices(v, groups)
+    n1, n2 = a4.shape[-1], b4.shape[-1]
+    if n1 * n2 * groups != c or u4.shape[-1] != n1 or v4.shape[-1] != n2:
+        raise ValueError(f"factors ({n1}, {n2}) x groups {groups} do not match {c} channels")
+    batch = max(a4.shape[0], b4.shape[0], u4.shape[0], v4.shape[0])
+    full = (batch, groups)
+    a4, u4 = a4.to(x.dtype).expand(*full, n1, n1), u4.to(x.dtype).expand(*full, n1, n1)
+    b4, v4 = b4.to(x.dtype).expand(*full, n2, n2), v4.to(x.dtype).expand(*full, n2, n2)
+    s = h * w
+    z = x.reshape(n, groups, n1, n2, s)
+    bv = torch.cat([b4, v4], dim=-2)                                    # (N, G, 2 n2, n2)
+    t = torch.matmul(bv.unsqueeze(2), z)                                # (N, G, n1, 2 n2, S) = (.., n1, 2, n2, S)
+    au = torch.stack([a4, u4], dim=-1).reshape(*full, n1, 2 * n1)      # column 2k + t: (A, U)[t][:, k]
+    y = torch.matmul(au, t.reshape(n, groups, 2 * n1, n2 * s))          # (N, G, n1, n2 * S)
+    return y.view(n, groups, n1 * n2, s).transpose(1, 2).reshape(n, c, h, w)
 
 
 def binarize(scores: Tensor) -> Tensor:

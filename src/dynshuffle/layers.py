@@ -364,9 +364,10 @@ class StaticDynamicShuffle(nn.Module):
     multiply-adds per pixel for the static part (the dynamic part is a gather at inference) against C²
     for the convolution, and G·(n1² + n2²) static parameters against C².
 
-    `static_impl`: how the static part runs: "factored" (two small matrix products), "dense" (one grouped
-    1x1 convolution with the Kronecker block materialised), or "auto" (dense when its multiply-adds are at
-    most twice the factored ones: small dense products run far more efficiently than tiny batched ones).
+    `static_impl`: how the static part runs: "factored" (two small matrix products; in soft training
+    they are shared with the dynamic part) or "dense" (one grouped 1x1 convolution with the Kronecker
+    block materialised). "auto" is "factored": grouped 1x1 convolutions measured 3x slower than a dense
+    one on CPU (benchmarks/bench_kron_variants.py), and the factored form costs fewer multiply-adds.
     """
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
@@ -379,7 +380,7 @@ class StaticDynamicShuffle(nn.Module):
         if static_impl not in ("auto", "factored", "dense"):
             raise ValueError(f"static_impl must be 'auto', 'factored' or 'dense', got {static_impl!r}")
         if static_impl == "auto":
-            static_impl = "dense" if n1 * n2 <= 2 * (n1 + n2) else "factored"
+            static_impl = "factored"
         self.static_impl = static_impl
         # Each entry of U ⊗ V has variance 1 / n, a fan-in initialisation of the dense block.
         self.static_u = nn.Parameter(torch.randn(groups, n1, n1) / math.sqrt(n1))
@@ -412,7 +413,15 @@ class StaticDynamicShuffle(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.channels, type(self).__name__)
-        y = self.dynamic(x) + self._static(x)
+        dyn = self.dynamic
+        if dyn._uses_soft_path() and self.static_impl == "factored":
+            # Soft dynamic and static parts share their two matrix products.
+            a, b = dyn._soft(*dyn._logits(x))
+            dyn.regularization = dyn._penalty(a, b)
+            y = DF.kron_apply_sum(x, a, b, self.static_u.unsqueeze(0), self.static_v.unsqueeze(0), self.groups)
+        else:
+            y = self._static(x)
+            y = y + dyn(x)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1).to(y.dtype)
         return y
