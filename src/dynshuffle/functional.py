@@ -173,8 +173,8 @@ def _is_tracing() -> bool:
 
 def is_permutation(index: Tensor) -> Tensor:
     """Whether each row of `(..., n)` indices in `[0, n)` is a permutation (every value exactly once)."""
-    counts = torch.zeros_like(index).scatter_add_(-1, index, torch.ones_like(index))
-    return (counts == 1).all(-1)
+    # n values in n slots: every slot is hit exactly when none is hit twice.
+    return torch.zeros_like(index, dtype=torch.bool).scatter_(-1, index, True).all(-1)
 
 
 def greedy_assignment(scores: Tensor) -> Tensor:
@@ -226,9 +226,8 @@ def compose_permutation(perm_a: Tensor, perm_b: Tensor, groups: int) -> Tensor:
         perm_b = perm_b.unsqueeze(1)
     n1, n2 = perm_a.shape[-1], perm_b.shape[-1]
     n = n1 * n2
-    group_offset = torch.arange(groups, device=perm_a.device) * n
-    index = (group_offset.view(1, 1, 1, groups)
-             + (perm_a * n2).transpose(1, 2).unsqueeze(2)
+    group_offset = torch.arange(0, n * groups, n, device=perm_a.device)
+    index = (group_offset + (perm_a * n2).transpose(1, 2).unsqueeze(2)
              + perm_b.transpose(1, 2).unsqueeze(1))
     return index.reshape(index.shape[0], n * groups)
 
@@ -245,7 +244,7 @@ def permute_channels(x: Tensor, index: Tensor) -> Tensor:
         rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
         out = torch.gather(rows, 2, index.unsqueeze(1).expand(n, h * w, c))
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    flat = index + torch.arange(n, device=index.device).unsqueeze(1) * c
+    flat = index + torch.arange(0, n * c, c, device=index.device).unsqueeze(1)
     return x.reshape(n * c, h * w).index_select(0, flat.reshape(-1)).view(n, c, h, w)
 
 
