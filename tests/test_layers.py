@@ -280,3 +280,14 @@ def test_spatial_mean_gradient_matches_autograd_mean():
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(spatial_mean, (x,))
     torch.testing.assert_close(spatial_mean(x), x.mean((2, 3)))
+
+
+def test_deepcopy_after_a_training_forward():
+    import copy
+    model = nn.Sequential(DynamicShuffle(12, 2), StaticDynamicShuffle(12, 2)).train()
+    model(torch.randn(2, 12, 3, 3)).sum().backward()
+    clone = copy.deepcopy(model)
+    assert clone[0].regularization is None and model[0].regularization is not None
+    clone.eval(), model.eval()
+    x = torch.randn(2, 12, 3, 3)
+    assert torch.equal(clone(x), model(x))

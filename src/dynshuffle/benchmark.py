@@ -16,6 +16,7 @@ from torch import nn
 
 from . import functional as DF
 from .layers import DynamicShuffle, StaticDynamicShuffle, set_shuffle_mode
+from .profiling import format_model_rows, run_model_benchmark  # noqa: F401  (the model half of `dynshuffle bench`)
 
 # ShuffleNetV2 1.0x stage shapes (channels, spatial size) at the two input resolutions of the paper.
 STAGE_SHAPES = {

@@ -208,6 +208,13 @@ class _FactorizedShuffle(nn.Module):
         # The orthogonality penalty of the last forward that computed soft matrices (None otherwise).
         self.regularization: Tensor | None = None
 
+    def __getstate__(self):
+        # The last penalty is a non-leaf tensor of the last graph: copies (deepcopy for EMA, pickling)
+        # start without it.
+        state = self.__dict__.copy()
+        state["regularization"] = None
+        return state
+
     @property
     def mode(self) -> str:
         return self._mode
