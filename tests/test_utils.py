@@ -1,0 +1,33 @@
+"""Atomic writes: all or nothing, readable permissions."""
+import os
+import stat
+
+import pytest
+
+from dynshuffle.utils import atomic_open, atomic_path, atomic_write_text
+
+
+def test_atomic_write_replaces_whole_file_with_plain_permissions(tmp_path):
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "first")
+    atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "keep.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "wb") as fh:
+            fh.write(b"partial")
+            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
