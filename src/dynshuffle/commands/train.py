@@ -1,0 +1,57 @@
+"""`dynshuffle train`: train a model from a YAML recipe into a run folder (resumable, torchrun-ready)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML recipe (see configs/); with --resume it defaults to the run folder's config.yaml")
+    parser.add_argument("--data", metavar="PATH", help="dataset root folder (sets data.root)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set optim.lr=0.05 (repeatable)")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config file name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.state.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    parser.epilog = ("Multi-GPU / multi-node: torchrun --nproc_per_node=N -m dynshuffle.cli train --config FILE "
+                     "(the same command as a single process).")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dynshuffle.training.config import load_config
+    from dynshuffle.training.loop import train
+
+    config_path = args.config
+    if args.out:
+        out = Path(args.out)
+    elif config_path:
+        out = Path("runs") / Path(config_path).stem
+    else:
+        raise ValueError("--config FILE is required (or --resume with --out DIR of an existing run)")
+    if config_path is None:
+        if not args.resume:
+            raise ValueError("--config FILE is required unless --resume is given")
+        config_path = out / "config.yaml"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"--resume without --config: {config_path} does not exist")
+    cfg = load_config(config_path, args.overrides)
+    if args.data:
+        cfg.data.root = args.data
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    final = result["final"]
+    if final is not None and int(os.environ.get("RANK", "0")) == 0:
+        soft = final.get("val_top1_soft")
+        soft_text = f", soft matrices {100 * soft:.2f}%" if soft is not None else ""
+        print(f"done: {out}  val top-1 {100 * final['val_top1']:.2f}%{soft_text}, "
+              f"best {100 * result['best_top1']:.2f}%")
+    return 0
+
+
+if __name__ == "__main__":  # python -m dynshuffle.commands.train ...
+    import sys
+
+    from dynshuffle.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

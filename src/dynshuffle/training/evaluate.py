@@ -1,0 +1,206 @@
+"""Evaluation: top-1/top-5 with the exact permutation (and with the soft matrices), latency, checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from . import distributed as D
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ... in order: every example exactly once over all processes (no padding,
+    unlike DistributedSampler), so all-reduced evaluation sums are exact."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class InMemoryBatches(Dataset):
+    """A view of a dataset holding `.images` (N, 3, S, S) uint8 and `.labels` that the DataLoader fetches a
+    whole batch at a time (`__getitems__`): one index op per batch instead of one Python call per image."""
+
+    def __init__(self, base: Dataset):
+        self.images = base.images
+        self.labels = torch.as_tensor(base.labels, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return self.images[idx], self.labels[idx]
+
+
+def _keep_batch(batch):
+    return batch
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader for uint8 image datasets; in-memory ones are fetched a batch at a time."""
+    collate = None
+    if hasattr(dataset, "images") and hasattr(dataset, "labels") and isinstance(dataset.images, torch.Tensor):
+        dataset, collate = InMemoryBatches(dataset), _keep_batch
+    kwargs = {"collate_fn": collate} if collate is not None else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=drop_last,
+                      persistent_workers=workers > 0, **kwargs)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision on CUDA with `dtype` (bf16/fp16); a no-op context elsewhere or with dtype None."""
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def has_shuffle_modes(model: nn.Module) -> bool:
+    from dynshuffle.layers import shuffle_modules
+
+    return next(iter(shuffle_modules(model)), None) is not None
+
+
+def progress_enabled(setting: bool | None, ctx: D.DistContext | None = None) -> bool:
+    if ctx is not None and not ctx.is_main:
+        return False
+    return sys.stderr.isatty() if setting is None else bool(setting)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, transform, device: torch.device, *,
+             amp_dtype: torch.dtype | None = None, ctx: D.DistContext | None = None,
+             progress: bool = False, desc: str = "eval", max_batches: int | None = None) -> dict:
+    """Loss, top-1 and top-5 of `model` (in eval mode, whatever shuffle mode it is set to) over `loader`
+    (its first `max_batches` batches when given).
+
+    Under DDP each process evaluates its shard; the sums are all-reduced, so every rank returns the totals.
+    """
+    ctx = ctx or D.DistContext(device=device)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    for i, (images, labels) in enumerate(bar):
+        if max_batches is not None and i >= max_batches:
+            break
+        images = transform(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(labels[:, None])
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[1] += hits[:, 0].sum()
+        sums[2] += hits.any(dim=1).sum()
+        sums[3] += labels.numel()
+        if progress and i % 10 == 0:
+            n = max(1.0, float(sums[3]))
+            bar.set_postfix(loss=f"{float(sums[0]) / n:.3f}", acc=f"{float(sums[1]) / n:.3f}",
+                            img_s=f"{n / (time.perf_counter() - start):.0f}")
+    bar.close()
+    D.all_reduce_sum(sums, ctx)
+    model.train(was_training)
+    n = max(1.0, float(sums[3]))
+    return {"loss": float(sums[0]) / n, "top1": float(sums[1]) / n, "top5": float(sums[2]) / n,
+            "count": int(sums[3]), "seconds": time.perf_counter() - start}
+
+
+def evaluate_modes(model: nn.Module, loader: DataLoader, transform, device: torch.device, *,
+                   soft: bool = True, **kwargs) -> dict:
+    """{"hard": metrics, "soft": metrics or None}: the exact permutation (what a deployed model computes)
+    and, for models with learned/dynamic shuffles, the soft matrices (the train/inference gap check).
+    Fixed-shuffle models are evaluated once ("hard") and get "soft": None. Leaves modules in "hard"."""
+    from dynshuffle.layers import set_shuffle_mode
+
+    if not has_shuffle_modes(model):
+        return {"hard": evaluate(model, loader, transform, device, **kwargs), "soft": None}
+    set_shuffle_mode(model, "hard")
+    hard = evaluate(model, loader, transform, device, desc="eval hard", **kwargs)
+    result = {"hard": hard, "soft": None}
+    if soft:
+        set_shuffle_mode(model, "soft")
+        result["soft"] = evaluate(model, loader, transform, device, desc="eval soft", **kwargs)
+        set_shuffle_mode(model, "hard")
+    return result
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "cpu",
+                    warmup: int = 10, runs: int = 50) -> float:
+    """Median wall time (ms) of one eval-mode forward of a batch of `input_size` (e.g. (1, 3, 32, 32))."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(*input_size, device=device)
+    times = []
+    for i in range(warmup + runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return 1000.0 * statistics.median(times)
+
+
+def profile_row(model: nn.Module, image_size: int) -> dict:
+    """{"params", "macs"} of `model` for one (3, image_size, image_size) image (see dynshuffle.profiling)."""
+    from dynshuffle.profiling import count_macs, count_params
+
+    shape = (3, image_size, image_size)
+    return {"params": int(count_params(model)), "macs": int(count_macs(model, shape))}
+
+
+def evaluate_checkpoint(path: str | Path, *, data: str | None = None, data_root: str | None = None,
+                        split: str = "val", batch_size: int = 256, device: str = "auto", workers: int = 0,
+                        progress: bool | None = None) -> dict:
+    """Rebuild the model of a checkpoint and evaluate it on a split of its dataset (or of `data`).
+
+    Returns {"checkpoint", "dataset", "split", "epoch", "hard": {...}, "soft": {...} or None, "params", "macs"}.
+    """
+    from dynshuffle.data import BatchTransform, build_datasets, get_dataset_spec
+
+    from .checkpoint import build_model_from_checkpoint
+
+    if split not in ("val", "train"):
+        raise ValueError(f"--split must be 'val' or 'train', got {split!r}")
+    dev = D.resolve_device(device)
+    model, meta = build_model_from_checkpoint(path, dev)
+    train_cfg = meta.get("config") or {}
+    data_cfg = train_cfg.get("data", {})
+    name = data or data_cfg.get("name")
+    if not name:
+        raise ValueError(f"{path}: the checkpoint does not name its dataset; pass --dataset")
+    root = data_root if data_root is not None else data_cfg.get("root")
+    spec = get_dataset_spec(name)
+    train_set, val_set = build_datasets(name, root=root)
+    dataset = val_set if split == "val" else train_set
+    loader = make_loader(dataset, batch_size, ShardSampler(len(dataset)), workers, dev)
+    transform = BatchTransform(spec, train=False).to(dev)
+    result = evaluate_modes(model, loader, transform, dev, progress=progress_enabled(progress))
+    return {"checkpoint": str(path), "dataset": spec.name, "split": split, "epoch": meta.get("epoch"),
+            **result, **profile_row(model, spec.image_size)}

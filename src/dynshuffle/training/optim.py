@@ -1,0 +1,110 @@
+"""SGD with weight-decay exemptions, and per-iteration learning-rate schedules with linear warm-up."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bool = True) -> list[dict]:
+    """Two groups: parameters with weight decay, and those without.
+
+    With `exempt_norm_bias`, the exempt set is every parameter of a normalisation layer and every bias
+    (any parameter of one dimension or fewer, or named `*bias`): this covers BatchNorm's affine weights,
+    convolution/linear biases and the bias of the shuffle generator's logit heads, whose positive diagonal
+    is what makes a fresh dynamic shuffle start as the fixed shuffle (decay would pull it to uniform),
+    and the logits of a learned (input-independent) shuffle, which play the same role.
+    """
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    # A learned (input-independent) shuffle's logits are its bias: the same role as the generator's
+    # logit biases, so they are exempt too (they are the shuffle modules' own, non-child parameters).
+    from dynshuffle.layers import shuffle_modules
+
+    logits = {id(p) for m in shuffle_modules(model) for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = exempt_norm_bias and (p.ndim <= 1 or name.endswith("bias") or id(p) in norm_params
+                                       or id(p) in logits)
+        (no_decay if exempt else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.exempt_norm_bias)
+    if optim_cfg.name != "sgd":
+        raise ValueError(f"config key 'optim.name': unknown optimizer {optim_cfg.name!r} (known: sgd)")
+    return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov,
+                           weight_decay=optim_cfg.weight_decay)
+
+
+class LRSchedule:
+    """lr factor at iteration `step` (0-based): linear warm-up to 1, then cosine / linear / step / constant.
+
+    A plain object (not a closure) so that LambdaLR's state_dict can save and restore it.
+    """
+
+    def __init__(self, name: str, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0,
+                 milestones: list[int] | None = None, gamma: float = 0.1):
+        if name not in ("cosine", "linear", "step", "constant"):
+            raise ValueError(f"config key 'schedule.name': unknown schedule {name!r}")
+        self.name = name
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
+        self.min_factor = float(min_factor)
+        self.milestones = sorted(int(m) for m in (milestones or []))
+        self.gamma = float(gamma)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        if self.name == "step":
+            return self.gamma ** sum(step >= m for m in self.milestones)
+        span = max(1, self.total_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        if self.name == "cosine":
+            return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return self.min_factor + (1.0 - self.min_factor) * (1.0 - t)  # linear
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, sched_cfg, epochs: int, steps_per_epoch: int):
+    """A per-iteration LambdaLR: call `.step()` after every optimizer step."""
+    milestones = sched_cfg.milestones
+    if milestones is None:
+        milestones = [epochs // 2, (3 * epochs) // 4]
+    schedule = LRSchedule(sched_cfg.name, total_steps=epochs * steps_per_epoch,
+                          warmup_steps=round(sched_cfg.warmup_epochs * steps_per_epoch),
+                          min_factor=sched_cfg.min_lr_factor,
+                          milestones=[m * steps_per_epoch for m in milestones], gamma=sched_cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def peak_lr(optim_cfg, global_batch: int) -> float:
+    """The configured lr, scaled linearly by global batch / base_batch_size (when that is set)."""
+    if optim_cfg.base_batch_size is None:
+        return optim_cfg.lr
+    return optim_cfg.lr * global_batch / optim_cfg.base_batch_size
+
+
+def lambda_at(shuffle_cfg, epoch_float: float) -> float:
+    """Orthogonality weight at a fractional epoch: linear warm-up over `lambda_warmup_epochs`."""
+    w = shuffle_cfg.lambda_warmup_epochs
+    if w <= 0:
+        return shuffle_cfg.lambda_
+    return shuffle_cfg.lambda_ * min(1.0, epoch_float / w)
+
+
+def shuffle_mode_at(shuffle_cfg, epoch: int, epochs: int) -> str:
+    """Binarization schedule (DESIGN §2.8): `train_mode` (soft) first, straight-through (`ste`) for the last
+    `ste_fraction` of the epochs. Evaluation always uses the exact permutation (and the soft matrices too)."""
+    ste_epochs = math.ceil(shuffle_cfg.ste_fraction * epochs - 1e-9)  # any fraction > 0 gives >= 1 epoch
+    return "ste" if epoch >= epochs - ste_epochs else shuffle_cfg.train_mode

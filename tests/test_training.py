@@ -1,0 +1,405 @@
+"""The training loop end to end on tiny data: run folder, every dataset kind, resume (exact and after
+SIGKILL), NaN stop, corrupt checkpoints, `dynshuffle eval`, and the optimizer/schedule pieces."""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch import nn
+
+from dynshuffle.training import checkpoint as ckpt
+from dynshuffle.training.config import Config, apply_overrides
+from dynshuffle.training.logging import COLUMNS, read_csv
+from dynshuffle.training.loop import NonFiniteLossError, RunFolderError, train
+
+# A CLI entry point limited to the subcommands whose modules exist (all of them in a complete checkout),
+# so these tests do not depend on unrelated commands; errors are handled by the real `cli.main`.
+RUNNER = """\
+import importlib.util, sys
+import dynshuffle.cli as cli
+cli.COMMANDS = {k: v for k, v in cli.COMMANDS.items() if importlib.util.find_spec(f"dynshuffle.commands.{k}")}
+sys.exit(cli.main())
+"""
+
+
+def cli_main(argv: list[str]) -> int:
+    import importlib.util
+
+    import dynshuffle.cli as cli
+
+    saved = cli.COMMANDS
+    cli.COMMANDS = {k: v for k, v in saved.items() if importlib.util.find_spec(f"dynshuffle.commands.{k}")}
+    try:
+        return cli.main(argv)
+    finally:
+        cli.COMMANDS = saved
+
+
+def tiny_config(**overrides) -> Config:
+    """ShuffleNetV2 0.5x (dynamic) on digits, a few steps per epoch: seconds on a CPU."""
+    base = {"data.name": "digits", "data.batch_size": 32, "data.eval_batch_size": 60,
+            "train.eval_steps": 2, "data.workers": 0,
+            "train.epochs": 2, "train.steps_per_epoch": 3, "train.device": "cpu", "log.tensorboard": False,
+            "log.print_epochs": False, "log.progress": False, "shuffle.ste_fraction": 0.5,
+            "schedule.warmup_epochs": 0.5, "model.shuffle": "dynamic"}
+    base.update(overrides)
+    return apply_overrides(Config(), [f"{k}={v}" for k, v in base.items()])
+
+
+def write_yaml(path: Path, cfg: Config) -> Path:
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+# ------------------------------------------------------------------------------------- run folder
+
+
+def test_run_folder_is_complete(tmp_path):
+    cfg = tiny_config(**{"shuffle.lambda_warmup_epochs": 1.0})
+    result = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.csv", "last.safetensors", "last.state.pt", "best.safetensors", "best.state.pt"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp")), "temporary files left behind"
+    assert yaml.safe_load((run / "config.yaml").read_text()) == cfg.to_dict()
+
+    rows = read_csv(run / "log.csv")
+    assert list(rows[0]) == COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    assert [r["shuffle_mode"] for r in rows] == ["soft", "ste"]  # the last 50 % straight-through
+    for r in rows:  # dynamic model: top-1 with the hard permutation and with the soft matrices
+        assert r["val_top1_soft"] != "" and r["val_top1_hard"] == r["val_top1"]
+        assert float(r["penalty"]) >= 0 and float(r["images_per_s"]) > 0 and float(r["seconds"]) > 0
+    assert float(rows[0]["lambda"]) == pytest.approx(1.0)  # warm-up over 1 epoch, read at the epoch's end
+    assert result["final"]["epoch"] == 2
+
+    tensors, meta, state = ckpt.load_checkpoint(run / "last.safetensors")
+    assert meta["epoch"] == "2" and meta["model_config"]["shuffle"] == "dynamic"
+    assert meta["config"] == cfg.to_dict()
+    for key in ("optimizer", "scheduler", "scaler", "rng", "epoch", "config", "best_top1", "history"):
+        assert key in state, key
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert state["scheduler"]["last_epoch"] == 6  # per-iteration schedule: 2 epochs x 3 steps
+    model, _ = ckpt.build_model_from_checkpoint(run / "last.safetensors")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, tensors[k])
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 1, "model.shuffle": "static"})
+    train(cfg, tmp_path / "run")
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(cfg, tmp_path / "run")
+    train(cfg, tmp_path / "run", overwrite=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        train(cfg, tmp_path / "other", resume=True)
+
+
+# -------------------------------------------------------------------------- one run per dataset kind
+
+
+def _cifar10_folder(root: Path, rows: int = 20) -> Path:
+    """The official python-pickle CIFAR-10 layout (cifar-10-batches-py/...), with random pixels."""
+    from dynshuffle.data import cifar
+
+    spec = cifar.ARCHIVES["cifar10"]
+    folder = root / spec.folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for member in spec.train + spec.test:
+        batch = {b"batch_label": member.encode(), spec.label_key: rng.integers(0, 10, rows).tolist(),
+                 b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
+                 b"filenames": [f"{i}.png".encode() for i in range(rows)]}
+        # The official files were pickled by numpy 1 (module numpy.core).
+        blob = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+        (folder / member).write_bytes(blob)
+    (folder / spec.meta).write_bytes(pickle.dumps({spec.names_key: [f"c{i}".encode() for i in range(10)]}, protocol=2))
+    return root
+
+
+def _image(path: Path, size: tuple[int, int], seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG")
+
+
+def _imagenet_tree(root: Path) -> Path:
+    """train/<class>/*.JPEG and val/<class>/*.JPEG, generated with Pillow."""
+    for c, cls in enumerate(("n01", "n02")):
+        for i in range(4):
+            _image(root / "train" / cls / f"{cls}_{i}.JPEG", (80 + 10 * i, 64), seed=10 * c + i)
+        _image(root / "val" / cls / f"{cls}_v.JPEG", (72, 72), seed=100 + c)
+    return root
+
+
+def _tiny_imagenet_tree(root: Path) -> Path:
+    """The official tiny-imagenet-200 layout: wnids.txt, train/<wnid>/images, val/images + annotations."""
+    root = root / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    lines = []
+    for c, wnid in enumerate(wnids):
+        for i in range(4):
+            _image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (64, 64), seed=10 * c + i)
+        _image(root / "val" / "images" / f"val_{c}.JPEG", (64, 64), seed=100 + c)
+        lines.append(f"val_{c}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root.parent
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "tiny-imagenet", "imagenet"])
+def test_one_short_run_per_dataset_kind(tmp_path, dataset):
+    make = {"cifar10": _cifar10_folder, "tiny-imagenet": _tiny_imagenet_tree, "imagenet": _imagenet_tree}[dataset]
+    root = make(tmp_path / "data")
+    batch = 16 if dataset == "cifar10" else 4
+    cfg = tiny_config(**{"data.name": dataset, "data.batch_size": batch, "data.eval_batch_size": 8,
+                         "train.epochs": 1, "train.steps_per_epoch": 2,
+                         # the folder datasets decode in DataLoader worker processes
+                         "data.workers": 0 if dataset == "cifar10" else 1})
+    result = train(cfg, tmp_path / "run", data_root=str(root))
+    row = result["final"]
+    assert row["epoch"] == 1 and np.isfinite(row["train_loss"]) and 0 <= row["val_top1"] <= 1
+    expected_count = {"cifar10": 20, "tiny-imagenet": 2, "imagenet": 2}[dataset]
+    _, meta = ckpt.build_model_from_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert meta["model_config"]["stem"] == {"cifar10": "cifar", "tiny-imagenet": "tiny", "imagenet": "imagenet"}[dataset]
+    from dynshuffle.training.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(tmp_path / "run", data_root=str(root), batch_size=8)
+    assert report["hard"]["count"] == expected_count and report["soft"] is not None
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+@pytest.mark.parametrize("variant", [{"model.shuffle": "dynamic"}, {"model.shuffle": "static", "model.pointwise": "sds"}])
+def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, variant):
+    cfg = tiny_config(**variant, **{"shuffle.lambda_warmup_epochs": 1.0})
+    train(cfg, tmp_path / "straight")  # 2 epochs in one go
+
+    one = tmp_path / "resumed"
+    _train_first_epoch_only(cfg, one)  # 1 epoch, then the process "stops"
+    assert ckpt.load_state(one / "last.state.pt")["epoch"] == 1
+    train(cfg, one, resume=True)  # resume for epoch 2
+
+    straight, _, s_state = ckpt.load_checkpoint(tmp_path / "straight")
+    resumed, _, r_state = ckpt.load_checkpoint(one)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    timing = ("images_per_s", "seconds")
+    for a, b in zip(read_csv(tmp_path / "straight" / "log.csv"), read_csv(one / "log.csv"), strict=True):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    for a, b in zip(s_state["optimizer"]["state"].values(), r_state["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+def _train_first_epoch_only(cfg: Config, run: Path) -> None:
+    """Run `cfg` but stop after its first epoch's checkpoint (as if the job had been preempted there)."""
+    original = ckpt.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(run_dir, name, model, state, config=None):
+        original(run_dir, name, model, state, config)
+        if name == "last":
+            from dynshuffle.training.logging import write_csv
+
+            write_csv(Path(run_dir) / "log.csv", state["history"])
+            raise Stop
+
+    ckpt.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train(cfg, run)
+    finally:
+        ckpt.save_checkpoint = original
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 3, "train.steps_per_epoch": 12, "shuffle.eval_soft": False,
+                         "log.print_epochs": True})
+    config = write_yaml(tmp_path / "cfg.yaml", cfg)
+    run = tmp_path / "run"
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(runner), "train", "--config", str(config), "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 120
+    while not (run / "last.state.pt").exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.time() < deadline, "epoch 1 never finished"
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 2
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert alive, "the run finished before it could be killed"
+    epoch = ckpt.load_state(run / "last.state.pt")["epoch"]
+    assert 1 <= epoch < 3
+    ckpt.load_checkpoint(run)  # the pair on disk is consistent
+
+    assert cli_main(["train", "--out", str(run), "--resume"]) == 0  # config from the run folder
+    rows = read_csv(run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert ckpt.load_state(run / "last.state.pt")["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------------- failures
+
+
+class NaNAfter(nn.Module):
+    """A small classifier whose training forwards return NaN after `after` calls."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10)
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        y = self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                y = y * float("nan")
+        return y
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(**{"train.epochs": 3})
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 1"):
+        train(cfg, run, model=NaNAfter(after=3))  # epoch 1 = 3 good steps
+    tensors, meta, state = ckpt.load_checkpoint(run)
+    assert state["epoch"] == 1 and meta["epoch"] == "1"
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    assert len(read_csv(run / "log.csv")) == 1 and not list(run.glob(".*.tmp"))
+    assert issubclass(NonFiniteLossError, ValueError)  # the CLI shows it as one line
+
+    # Through the CLI: exit code 2, one line on stderr.
+    import dynshuffle.training.loop as loop
+
+    monkeypatch.setattr(loop, "build_model", lambda *a, **k: NaNAfter(after=0))
+    config = write_yaml(tmp_path / "cfg.yaml", cfg)
+    capsys.readouterr()
+    assert cli_main(["train", "--config", str(config), "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynshuffle train: error: loss is nan at epoch 1, step 1") and "\n" not in err
+
+
+def test_corrupt_checkpoints_name_the_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 1, "model.shuffle": "static"})
+    train(cfg, run)
+    weights, state = run / "last.safetensors", run / "last.state.pt"
+
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(ckpt.CheckpointError, match="last.safetensors"):
+        ckpt.load_checkpoint(run)
+    with pytest.raises(ckpt.CheckpointError, match="last.safetensors"):
+        train(cfg, run, resume=True)
+    weights.write_bytes(b"\x00garbage" * 10)
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(weights)]) == 2
+    assert "last.safetensors" in capsys.readouterr().err
+
+    weights.write_bytes(good)
+    state.write_bytes(os.urandom(300))
+    with pytest.raises(ckpt.CheckpointError, match="last.state.pt"):
+        train(cfg, run, resume=True)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        ckpt.load_checkpoint(run / "missing.safetensors")
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    cfg = tiny_config(**{"train.epochs": 1})
+    config = write_yaml(tmp_path / "cfg.yaml", cfg)
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", str(config), "--out", str(out), "--set", "optim.lr=0.05"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.05
+    capsys.readouterr()
+    assert cli_main(["eval", "--checkpoint", str(out / "best.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert "(hard permutation)" in text and "(soft matrices" in text
+    assert "params 0.3" in text and "multiply-adds 10." in text
+
+    # bad keys and types: one line naming the key
+    for bad, needle in (("optim.lrr=1", "unknown config key 'optim.lrr'"),
+                        ("train.epochs=two", "'train.epochs': expected int, got 'two'")):
+        assert cli_main(["train", "--config", str(config), "--out", str(tmp_path / "x"), "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "nothing.safetensors")]) == 2
+    assert "nothing.safetensors" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ optimizer and schedules
+
+
+def test_weight_decay_exemptions():
+    from dynshuffle import create_model
+    from dynshuffle.training.optim import parameter_groups
+
+    model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="learned")
+    model.add_module("gen", create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = parameter_groups(model, 5e-4, exempt_norm_bias=True)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert any(n.endswith("head_a.bias") for n in exempt)  # generator logit biases
+    assert any(n.endswith("shuffle.logits_a") for n in exempt)  # learned shuffle logits
+    assert all(not n.endswith("bias") for n in decayed)
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert any(n.endswith("head_a.weight") for n in decayed)
+    (everything,) = parameter_groups(model, 5e-4, exempt_norm_bias=False)
+    assert len(everything["params"]) == len(names)
+
+
+def test_schedules_and_shuffle_schedule():
+    from dynshuffle.training.optim import LRSchedule, lambda_at, shuffle_mode_at
+
+    cos = LRSchedule("cosine", total_steps=100, warmup_steps=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(10) == pytest.approx(1.0)
+    assert cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0)
+    lin = LRSchedule("linear", total_steps=100, min_factor=0.1)
+    assert lin(0) == 1.0 and lin(50) == pytest.approx(0.55) and lin(100) == pytest.approx(0.1)
+    step = LRSchedule("step", total_steps=100, milestones=[50, 75], gamma=0.1)
+    assert (step(49), step(50), step(80)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
+    assert LRSchedule("constant", 10, warmup_steps=2)(1) == 1.0
+
+    sh = Config().shuffle
+    assert [shuffle_mode_at(sh, e, 8) for e in range(8)] == ["soft"] * 6 + ["ste"] * 2
+    assert shuffle_mode_at(sh, 149, 200) == "soft" and shuffle_mode_at(sh, 150, 200) == "ste"
+    sh.ste_fraction = 0.0
+    assert shuffle_mode_at(sh, 7, 8) == "soft"
+    sh.lambda_, sh.lambda_warmup_epochs = 2.0, 4.0
+    assert lambda_at(sh, 0.0) == 0.0 and lambda_at(sh, 2.0) == 1.0 and lambda_at(sh, 10) == 2.0
+
+
+def test_lr_scales_with_batch_and_warms_up_per_iteration(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 4, "schedule.warmup_epochs": 1.0,
+                         "schedule.name": "constant", "optim.lr": 0.1, "optim.base_batch_size": 64,
+                         "model.shuffle": "static"})
+    result = train(cfg, tmp_path / "run")
+    # batch 32 / base 64 -> peak 0.05; warm-up over the 4 steps -> after the last step the factor is 1
+    assert result["final"]["lr"] == pytest.approx(0.05)
+    state = ckpt.load_state(tmp_path / "run" / "last.state.pt")
+    assert state["scheduler"]["base_lrs"] == [pytest.approx(0.05)] * 2
