@@ -8,16 +8,6 @@ from dynshuffle import benchmark as B
 from dynshuffle import cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Timing loops on a machine shared with other jobs: one thread avoids OpenMP threads waiting for
-    preempted peers (which slows a forward down by up to 100x there); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _cli(monkeypatch, argv):
     monkeypatch.setattr(cli, "COMMANDS", {"bench": cli.COMMANDS["bench"]})
     return cli.main(argv)

@@ -5,21 +5,8 @@ import csv
 
 import pytest
 
+from dynshuffle.cli import main as cli_main
 from dynshuffle.training.compare import COLUMNS, DEFAULT_VARIANTS, base_config, compare
-
-def cli_main(argv: list[str]) -> int:
-    """`dynshuffle.cli.main` limited to the subcommands whose modules exist (all in a complete checkout)."""
-    import importlib.util
-
-    import dynshuffle.cli as cli
-
-    saved = cli.COMMANDS
-    cli.COMMANDS = {k: v for k, v in saved.items() if importlib.util.find_spec(f"dynshuffle.commands.{k}")}
-    try:
-        return cli.main(argv)
-    finally:
-        cli.COMMANDS = saved
-
 
 FAST = ["train.steps_per_epoch=2", "train.eval_steps=1", "data.eval_batch_size=90"]
 

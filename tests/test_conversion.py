@@ -10,15 +10,6 @@ from dynshuffle.conversion import is_equal_width_pointwise
 from dynshuffle.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a machine shared with other jobs, OpenMP threads waiting for a preempted
-    peer slow every forward down by up to 100x. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class Block(nn.Module):
     """A custom module holding a shuffle as an attribute."""

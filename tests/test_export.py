@@ -18,15 +18,6 @@ from dynshuffle.export import ExportError, export_onnx, export_onnx_report  # no
 from dynshuffle.training.checkpoint import CheckpointError, save_weights  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a machine shared with other jobs, OpenMP threads waiting for a preempted
-    peer slow every forward down by up to 100x. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def randomize_generators(model, scale=1.0, seed=0, size=32):
     """Random generator weights: the permutations become non-trivial and differ per input.

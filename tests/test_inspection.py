@@ -16,15 +16,6 @@ from dynshuffle.inspection import (NoShuffleModulesError, collect_inputs, hard_f
 from dynshuffle.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a machine shared with other jobs, OpenMP threads waiting for a preempted
-    peer slow every forward down by up to 100x. Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class UserNet(nn.Module):
     """Small network with a shared and a per-group dynamic shuffle, a learned one and an SDS."""

@@ -23,14 +23,6 @@ from dynshuffle.models.shufflenet_v1 import v1_stem_channels, v1_supported
 from dynshuffle.profiling import count_macs, count_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI machine is shared: many tiny ops with two OpenMP threads under load are 50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -26,13 +26,6 @@ from dynshuffle.profiling import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_grouped_and_depthwise_conv_macs():
     grouped = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=4, bias=False))

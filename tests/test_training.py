@@ -21,29 +21,10 @@ from torch import nn
 from dynshuffle.training import checkpoint as ckpt
 from dynshuffle.training.config import Config, apply_overrides
 from dynshuffle.training.logging import COLUMNS, read_csv
+from dynshuffle.cli import main as cli_main
 from dynshuffle.training.loop import NonFiniteLossError, RunFolderError, train
 
-# A CLI entry point limited to the subcommands whose modules exist (all of them in a complete checkout),
-# so these tests do not depend on unrelated commands; errors are handled by the real `cli.main`.
-RUNNER = """\
-import importlib.util, sys
-import dynshuffle.cli as cli
-cli.COMMANDS = {k: v for k, v in cli.COMMANDS.items() if importlib.util.find_spec(f"dynshuffle.commands.{k}")}
-sys.exit(cli.main())
-"""
-
-
-def cli_main(argv: list[str]) -> int:
-    import importlib.util
-
-    import dynshuffle.cli as cli
-
-    saved = cli.COMMANDS
-    cli.COMMANDS = {k: v for k, v in saved.items() if importlib.util.find_spec(f"dynshuffle.commands.{k}")}
-    try:
-        return cli.main(argv)
-    finally:
-        cli.COMMANDS = saved
+RUNNER = "import sys\nfrom dynshuffle.cli import main\nsys.exit(main())\n"  # the CLI in a subprocess
 
 
 def tiny_config(**overrides) -> Config:
