@@ -87,6 +87,31 @@ def _parametric_shuffle_prefixes(model: nn.Module) -> list[str]:
     return [name + "." for name, m in model.named_modules() if name and isinstance(m, kinds)]
 
 
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], allow_missing_shuffle: bool = False) -> str:
+    """Why `state` does not fit `model` (missing / unexpected keys, shape mismatches), or "" when it fits.
+
+    `allow_missing_shuffle`: tensors under a DynamicShuffle / LearnedShuffle / StaticDynamicShuffle may be
+    absent (a fixed-shuffle checkpoint loaded into a dynamic model).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if allow_missing_shuffle:
+        prefixes = tuple(_parametric_shuffle_prefixes(model))
+        missing = [k for k in missing if not k.startswith(prefixes)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        what = "missing keys (not part of a shuffle module)" if allow_missing_shuffle else "missing keys"
+        problems.append(f"{what}: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_short(mismatched)}")
+    return "; ".join(problems)
+
+
 def load_compatible_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load `state_dict` into `model`, allowing only the model's shuffle-module tensors to be missing.
 
@@ -100,22 +125,9 @@ def load_compatible_state_dict(model: nn.Module, state_dict: Mapping[str, torch.
     state = dict(state_dict)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    own = model.state_dict()
-    prefixes = tuple(_parametric_shuffle_prefixes(model))
-    missing = [k for k in own if k not in state]
-    not_allowed = [k for k in missing if not k.startswith(prefixes)]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if not_allowed:
-        problems.append(f"missing keys (not part of a shuffle module): {_short(not_allowed)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_short(mismatched)}")
+    problems = state_dict_mismatch(model, state, allow_missing_shuffle=True)
     if problems:
-        raise ValueError("state dict does not fit the model; " + "; ".join(problems))
+        raise ValueError("state dict does not fit the model; " + problems)
     model.load_state_dict(state, strict=False)
     return model
 

@@ -172,20 +172,12 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> tuple[dict, di
 
 def load_model_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
     """Copy `tensors` into `model`, with a clear error naming `source` on missing/unexpected keys or shapes."""
+    from dynshuffle.models.registry import state_dict_mismatch
+
     target = unwrap(model)
-    own = target.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append(f"shape mismatch {wrong[:5]}")
-        raise CheckpointError(f"{source}: weights do not fit the model ({'; '.join(parts)})")
+    problems = state_dict_mismatch(target, tensors)
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit the model ({problems})")
     target.load_state_dict(tensors)
 
 
