@@ -168,7 +168,8 @@ def binarize(scores: Tensor) -> Tensor:
 
 
 def _is_tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(exporting and exporting())
 
 
 def is_permutation(index: Tensor) -> Tensor:
