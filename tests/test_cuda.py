@@ -37,7 +37,7 @@ def test_cuda_matches_cpu_forward_and_gradients(share, mode):
 def test_cuda_hard_path_exact_and_greedy_repair():
     module = _random_generator(DynamicShuffle(116, 2), scale=3.0).eval().cuda()
     x = torch.randn(16, 116, 7, 7, device="cuda")
-    la, lb = module._logits(x)
+    la, lb = module.logits(x)
     pa, pb = DF.binarize(la).squeeze(1), DF.binarize(lb).squeeze(1)
     expected = DF.kron_apply(x, DF.one_hot_permutation(pa), DF.one_hot_permutation(pb), 2)
     assert torch.equal(module(x), expected)

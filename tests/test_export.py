@@ -149,7 +149,7 @@ def test_collisions_after_export_give_pytorch_outputs(tmp_path):
     net = _colliding_tiny_net()
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        la, lb = net.shuffle._logits(net.conv(x))
+        la, lb = net.shuffle.logits(net.conv(x))
     assert not (DF.is_permutation(la.argmax(-1)).all() and DF.is_permutation(lb.argmax(-1)).all())
     path = export_onnx(net, tmp_path / "tiny.onnx", input_size=8)
     with torch.no_grad():

@@ -145,7 +145,7 @@ def test_full_matrices_match_the_module():
         soft = soft_full_matrix(a[0], b[0], module.groups)
         expected = DF.kron_apply(x[:1], a[:1], b[:1], module.groups)
         assert torch.allclose(torch.einsum("oc,nchw->nohw", soft, x[:1]), expected, atol=1e-5)
-        la, lb = module._logits(x)
+        la, lb = module.logits(x)
         pa, pb = module._squeeze_groups(DF.binarize(la)), module._squeeze_groups(DF.binarize(lb))
         hard = soft_full_matrix(DF.one_hot_permutation(pa[0]), DF.one_hot_permutation(pb[0]), module.groups)
         assert torch.equal(hard, hard_full_matrix(module.permutation(x)[0]))

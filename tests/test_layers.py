@@ -32,7 +32,7 @@ def test_fresh_module_is_the_fixed_shuffle_in_eval(cls, channels, groups):
 
 def _hard_vs_matrix(module, x):
     """Hard output vs the matrix path fed with the binarized one-hot matrices."""
-    la, lb = module._logits(x)
+    la, lb = module.logits(x)
     pa = module._squeeze_groups(DF.binarize(la))
     pb = module._squeeze_groups(DF.binarize(lb))
     expected = DF.kron_apply(x, DF.one_hot_permutation(pa, x.dtype), DF.one_hot_permutation(pb, x.dtype),
@@ -85,8 +85,8 @@ def test_ste_forward_is_hard_and_gradients_match_matrix_path(share):
     (y * w).sum().backward()
 
     x_ref = x.detach().clone().requires_grad_(True)
-    la, lb = reference._logits(x_ref)
-    a, b = reference._soft(la, lb)
+    la, lb = reference.logits(x_ref)
+    a, b = reference.soft_from_scores(la, lb)
     pa = reference._squeeze_groups(DF.binarize(la))
     pb = reference._squeeze_groups(DF.binarize(lb))
     a_st = DF.one_hot_permutation(pa) + a - a.detach()
@@ -222,9 +222,9 @@ def test_static_dynamic_shuffle_matches_its_definition(impl):
     for training in (True, False):
         sds.train(training)
         dyn = sds.dynamic
-        la, lb = dyn._logits(x)
+        la, lb = dyn.logits(x)
         if training:
-            a, b = dyn._soft(la, lb)
+            a, b = dyn.soft_from_scores(la, lb)
         else:
             a = DF.one_hot_permutation(dyn._squeeze_groups(DF.binarize(la)))
             b = DF.one_hot_permutation(dyn._squeeze_groups(DF.binarize(lb)))

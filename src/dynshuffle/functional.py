@@ -140,34 +140,67 @@ def kron_apply_sum(x: Tensor, a: Tensor, b: Tensor, u: Tensor, v: Tensor, groups
     return y.view(n, groups, n1 * n2, s).transpose(1, 2).reshape(n, c, h, w)
 
 
-def binarize(scores: Tensor) -> Tensor:
-    """Turn batched score matrices `(..., n, n)` into exact permutations `(..., n)`.
+def binarize(scores: Tensor, rounds: int = 1) -> Tensor:
+    """Turn batched score matrices `(..., n, n)` into exact permutations `(..., n)`, with no branch on data.
 
-    Row `i` gets column `perm[i]`. Where the row-wise argmaxes are already distinct they are the answer
-    (the common case once training has converged). Otherwise the result is the greedy assignment: take
-    the largest remaining score, remove its row and column, repeat. It always yields a valid permutation
-    (ties, equal rows, NaN and infinite scores included). Scores are compared across rows as
-    log-probabilities of row-wise softmaxes, so logits and probabilities give the same result.
+    Row `i` gets column `perm[i]`. Every row first claims its best free column; where several rows claim
+    one, the most confident row (highest log-probability of its row-wise softmax; ties go to the lower row)
+    keeps it. That is `rounds` rounds; the rows still without a column then take the free columns in order
+    of their own best free column (one pair of sorts). So the result
+
+    - is always a valid permutation (ties, equal rows, NaN and infinite scores included);
+    - equals the row argmax whenever the row argmaxes are distinct (the trained regime);
+    - runs the same fixed sequence of tensor ops for every input: no host synchronisation, so it compiles
+      with `torch.compile(fullgraph=True)`, captures in CUDA graphs and exports to a small ONNX graph.
+
+    `greedy_assignment` is the sequential greedy reference; `benchmarks/bench_binarize.py` measures how often
+    the two differ.
     """
     if scores.dim() < 2 or scores.shape[-1] != scores.shape[-2]:
         raise ValueError(f"binarize expects square matrices (..., n, n), got {tuple(scores.shape)}")
     batch_shape, k = scores.shape[:-2], scores.shape[-1]
     flat = scores.detach().reshape(-1, k, k)
-    if _is_tracing():
-        # A traced graph cannot branch on data: resolve every matrix (equal to the argmax where the
-        # argmaxes are distinct).
-        return greedy_assignment(flat).reshape(*batch_shape, k)
-    perm = flat.argmax(-1)
-    if k == 1 or flat.shape[0] == 0:
-        return perm.reshape(*batch_shape, k)
-    collided = ~is_permutation(perm)
-    if collided.any():
-        rows = collided.nonzero().squeeze(1)
-        perm[rows] = greedy_assignment(flat[rows])
-    return perm.reshape(*batch_shape, k)
+    if k == 1:
+        return torch.zeros(*batch_shape, 1, dtype=torch.long, device=scores.device)
+    work = _comparable_scores(flat)
+    rows = torch.arange(k, device=flat.device)
+    perm = torch.zeros(flat.shape[:2], dtype=torch.long, device=flat.device)
+    free_row = torch.ones(flat.shape[:2], dtype=torch.bool, device=flat.device)
+    for _ in range(max(1, int(rounds))):
+        conf, col = work.max(-1)                                       # each row's best free column
+        conf = conf.masked_fill(~free_row, float("-inf"))
+        claims = torch.full_like(work, float("-inf")).scatter(-1, col.unsqueeze(-1), conf.unsqueeze(-1))
+        best_row = claims.argmax(-2)                                   # each column's most confident claimer
+        won = free_row & (best_row.gather(-1, col) == rows)
+        perm = torch.where(won, col, perm)
+        free_row = free_row & ~won
+        work = work.masked_fill(_marked_columns(col, won).unsqueeze(-2) | ~free_row.unsqueeze(-1), float("-inf"))
+    # The rest: the j-th unassigned row (by its best free column, then index) takes the j-th free column.
+    # Unassigned rows and free columns are equally many, so sorting both puts them in the same slots.
+    free_col = ~_marked_columns(perm, ~free_row)
+    row_key = torch.where(free_row, work.argmax(-1) * k + rows, k * k + rows).float()
+    col_key = torch.where(free_col, rows, k + rows).float()
+    rest = torch.zeros_like(perm).scatter(-1, row_key.argsort(-1), col_key.argsort(-1).expand_as(perm))
+    return torch.where(free_row, rest, perm).reshape(*batch_shape, k)
 
 
-def _is_tracing() -> bool:
+def _comparable_scores(scores: Tensor) -> Tensor:
+    """Row-wise log-probabilities, comparable across rows, with NaN/inf replaced by finite stand-ins that
+    stay below every real score (so a free column is always preferred to a taken one, marked -inf)."""
+    logp = torch.log_softmax(scores.float(), dim=-1)
+    return torch.nan_to_num(logp, nan=-3e38, posinf=3e38, neginf=-3e38)
+
+
+def _marked_columns(col: Tensor, mark: Tensor) -> Tensor:
+    """`(M, n)` bool: column `j` is marked when some row `i` with `mark[i]` has `col[i] == j`."""
+    k = col.shape[-1]
+    spare = torch.where(mark, col, torch.full_like(col, k))        # unmarked rows write to a spare column
+    out = torch.zeros(*col.shape[:-1], k + 1, dtype=torch.bool, device=col.device)
+    return out.scatter(-1, spare, torch.ones_like(mark))[..., :k]
+
+
+def is_tracing() -> bool:
+    """Whether the code runs under a tracer or exporter (TorchScript tracing, ONNX export, torch.export)."""
     exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(exporting and exporting())
 
@@ -193,7 +226,7 @@ def greedy_assignment(scores: Tensor) -> Tensor:
     perm = torch.zeros(m, k, dtype=torch.long, device=scores.device)
     free_rows = torch.ones(m, k, dtype=torch.bool, device=scores.device)
     rows = torch.arange(k, device=scores.device)
-    tracing = _is_tracing()
+    tracing = is_tracing()
     for _ in range(k):
         best_col = work.argmax(-1)                      # (m, k): each row's best free column
         best_row = work.argmax(-2)                      # (m, k): each column's best free row

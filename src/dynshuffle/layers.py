@@ -102,33 +102,47 @@ class _SpatialMean(torch.autograd.Function):
 
 
 def spatial_mean(x: Tensor) -> Tensor:
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or DF._is_tracing():
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or DF.is_tracing():
         return x.mean((2, 3))
     return _SpatialMean.apply(x)
+
+
+GENERATOR_STATS = ("mean", "mean_std")
 
 
 class ShuffleGenerator(nn.Module):
     """Squeeze-excitation shaped generator: pooled channels -> hidden -> logits of A and B.
 
-    The heads start at zero weights and a diagonal bias, so a fresh module produces A ≈ I and B ≈ I
-    (exactly the identity after binarization) for every input: it starts as the fixed shuffle.
+    The heads start with a diagonal bias (`diagonal_logit(n)` on the diagonal, 0 elsewhere) and zero or
+    small weights, so a fresh module binarizes to A = I and B = I for every input: it starts as the fixed
+    shuffle.
     """
 
-    def __init__(self, channels: int, hidden: int, n1: int, n2: int, heads: int, confidence: float):
+    def __init__(self, channels: int, hidden: int, n1: int, n2: int, heads: int, diagonal_logit,
+                 stats: str = "mean", head_init: float = 0.0):
         super().__init__()
-        self.n1, self.n2, self.heads = n1, n2, heads
-        self.reduce = nn.Linear(channels, hidden, bias=False)
+        if stats not in GENERATOR_STATS:
+            raise ValueError(f"stats must be one of {GENERATOR_STATS}, got {stats!r}")
+        if not head_init >= 0:
+            raise ValueError(f"head_init must be >= 0, got {head_init!r}")
+        self.n1, self.n2, self.heads, self.stats = n1, n2, heads, stats
+        self.reduce = nn.Linear(channels * (2 if stats == "mean_std" else 1), hidden, bias=False)
         self.norm = nn.BatchNorm1d(hidden)
         self.head_a = nn.Linear(hidden, heads * n1 * n1)
         self.head_b = nn.Linear(hidden, heads * n2 * n2)
         nn.init.kaiming_normal_(self.reduce.weight, nonlinearity="relu")
         for head, k in ((self.head_a, n1), (self.head_b, n2)):
-            nn.init.zeros_(head.weight)
+            nn.init.normal_(head.weight, std=head_init) if head_init else nn.init.zeros_(head.weight)
             with torch.no_grad():
-                head.bias.copy_(torch.eye(k).mul(_diagonal_logit(k, confidence)).repeat(heads, 1, 1).reshape(-1))
+                head.bias.copy_(torch.eye(k).mul(diagonal_logit(k)).repeat(heads, 1, 1).reshape(-1))
+
+    def pooled(self, x: Tensor) -> Tensor:
+        if self.stats == "mean":
+            return spatial_mean(x)
+        return torch.cat([x.mean((2, 3)), x.float().std((2, 3), unbiased=False).to(x.dtype)], dim=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.reduce(spatial_mean(x))
+        z = self.reduce(self.pooled(x))
         if self.training and z.shape[0] == 1:
             # Batch statistics of a single sample are undefined: normalise with the running ones.
             z = F.batch_norm(z, self.norm.running_mean, self.norm.running_var, self.norm.weight,
@@ -139,6 +153,9 @@ class ShuffleGenerator(nn.Module):
         n = x.shape[0]
         return (self.head_a(h).view(n, self.heads, self.n1, self.n1),
                 self.head_b(h).view(n, self.heads, self.n2, self.n2))
+
+    def extra_repr(self) -> str:
+        return f"stats={self.stats!r}"
 
 
 class _StraightThroughShuffle(torch.autograd.Function):
@@ -189,22 +206,33 @@ class _StraightThroughShuffle(torch.autograd.Function):
         return grad_x, grad_a, grad_b, None, None, None, None
 
 
+RELAXATIONS = ("softmax", "sinkhorn")
+
+
 class _FactorizedShuffle(nn.Module):
     """Machinery shared by the learned and the dynamic shuffle: logits -> soft / exact permutation.
 
-    Subclasses provide `_logits(x)` returning logits of A and B shaped `(N|1, G|1, n1, n1)` and
-    `(N|1, G|1, n2, n2)`.
+    Subclasses provide `logits(x)` returning raw logits of A and B shaped `(N|1, G|1, n1, n1)` and
+    `(N|1, G|1, n2, n2)`. Everything downstream reads `scaled_logits(x)`: the temperature (and, in training,
+    the exploration noise) is applied there and nowhere else, so the soft matrices and the binarization
+    always rank the same scores.
     """
 
-    def __init__(self, channels: int, groups: int, factors, temperature: float, share: bool, mode: str):
+    def __init__(self, channels: int, groups: int, factors, temperature: float, share: bool, mode: str,
+                 relaxation: str = "softmax", noise: float = 0.0, sinkhorn_iters: int = 5,
+                 binarize_rounds: int = 1):
         super().__init__()
         self.n1, self.n2 = DF.check_factors(channels, groups, factors)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.channels, self.groups = channels, groups
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.share = bool(share)
         self.mode = mode
+        if relaxation not in RELAXATIONS:
+            raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        self.relaxation = relaxation
+        self.noise = noise
+        self.sinkhorn_iters = int(sinkhorn_iters)
+        self.binarize_rounds = int(binarize_rounds)
         # The orthogonality penalty of the last forward that computed soft matrices (None otherwise).
         self.regularization: Tensor | None = None
 
@@ -225,55 +253,97 @@ class _FactorizedShuffle(nn.Module):
             raise ValueError(f"shuffle mode must be one of {SHUFFLE_MODES}, got {mode!r}")
         self._mode = mode
 
-    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"temperature must be > 0 (a finite number), got {value!r}")
+        self._temperature = float(value)
+
+    @property
+    def noise(self) -> float:
+        return self._noise
+
+    @noise.setter
+    def noise(self, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"noise must be a number >= 0, got {value!r}")
+        self._noise = float(value)
+
+    def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def scaled_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`logits(x) / temperature`, plus Gumbel noise of scale `noise` in training: the scores that both
+        the soft matrices and the binarization use."""
+        logits_a, logits_b = self.logits(x)
+        logits_a, logits_b = logits_a.float() / self.temperature, logits_b.float() / self.temperature
+        if self.training and self.noise > 0:
+            logits_a = logits_a + self.noise * _gumbel_like(logits_a)
+            logits_b = logits_b + self.noise * _gumbel_like(logits_b)
+        return logits_a, logits_b
 
     def _squeeze_groups(self, m: Tensor) -> Tensor:
         return m.squeeze(1) if self.share else m
 
-    def _soft(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor]:
-        a = torch.softmax(logits_a.float() / self.temperature, dim=-1)
-        b = torch.softmax(logits_b.float() / self.temperature, dim=-1)
-        return self._squeeze_groups(a), self._squeeze_groups(b)
+    def relax(self, scores: Tensor) -> Tensor:
+        """Scores -> soft matrix: row softmax (the paper's), or Sinkhorn (rows and columns sum to 1)."""
+        if self.relaxation == "softmax":
+            return torch.softmax(scores, dim=-1)
+        log_m = scores
+        for _ in range(self.sinkhorn_iters):
+            log_m = log_m - torch.logsumexp(log_m, dim=-2, keepdim=True)
+            log_m = log_m - torch.logsumexp(log_m, dim=-1, keepdim=True)
+        return log_m.exp()
 
-    def _penalty(self, a: Tensor, b: Tensor) -> Tensor:
-        # Batch- (and group-) averaged, so shared and per-group modules are on the same scale.
+    def soft_from_scores(self, scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor]:
+        return self._squeeze_groups(self.relax(scores_a)), self._squeeze_groups(self.relax(scores_b))
+
+    def soft_factors(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The soft matrices `(A, B)` for `x`: `(N|1, n1, n1)`, `(N|1, n2, n2)` (with a group axis when
+        `share=False`). Differentiable."""
+        return self.soft_from_scores(*self.scaled_logits(x))
+
+    def penalty(self, a: Tensor, b: Tensor) -> Tensor:
+        """Orthogonality penalty of soft factors, batch- (and group-) averaged so that shared and per-group
+        modules are on the same scale."""
         return DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
 
-    def _hard_index(self, logits_a: Tensor, logits_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # Row argmaxes of the logits are those of the softmax; one validity check on the composed
-        # index covers every factor, and only a failed check pays for the assignment.
-        perm_a = self._squeeze_groups(logits_a.detach().argmax(-1))
-        perm_b = self._squeeze_groups(logits_b.detach().argmax(-1))
-        index = DF.compose_permutation(perm_a, perm_b, self.groups)
-        if DF._is_tracing() or not bool(DF.is_permutation(index).all()):
-            perm_a = self._squeeze_groups(DF.binarize(logits_a))
-            perm_b = self._squeeze_groups(DF.binarize(logits_b))
-            index = DF.compose_permutation(perm_a, perm_b, self.groups)
-        return index, perm_a, perm_b
+    def index_from_scores(self, scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Exact permutations of the scores: `(index (N|1, C), perm_a, perm_b)`; branch-free (`DF.binarize`)."""
+        perm_a = self._squeeze_groups(DF.binarize(scores_a, self.binarize_rounds))
+        perm_b = self._squeeze_groups(DF.binarize(scores_b, self.binarize_rounds))
+        return DF.compose_permutation(perm_a, perm_b, self.groups), perm_a, perm_b
 
-    def _uses_soft_path(self) -> bool:
+    def hard_index(self, x: Tensor) -> Tensor:
+        """The composed exact permutation index `(N|1, C)` for `x` (see `permutation`)."""
+        return self.index_from_scores(*self.scaled_logits(x))[0]
+
+    def uses_soft_path(self) -> bool:
         return self.mode == "soft" or (self.mode == "auto" and self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.channels, type(self).__name__)
-        logits_a, logits_b = self._logits(x)
-        if self._uses_soft_path():
-            a, b = self._soft(logits_a, logits_b)
-            self.regularization = self._penalty(a, b)
+        scores_a, scores_b = self.scaled_logits(x)
+        if self.uses_soft_path():
+            a, b = self.soft_from_scores(scores_a, scores_b)
+            self.regularization = self.penalty(a, b)
             y = DF.kron_apply(x, a, b, self.groups)
             if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
                 y = y.contiguous(memory_format=torch.channels_last)
             return y
-        index, perm_a, perm_b = self._hard_index(logits_a, logits_b)
-        generator_needs_grad = torch.is_grad_enabled() and (logits_a.requires_grad or logits_b.requires_grad)
-        if not (self.training and generator_needs_grad):
+        index, perm_a, perm_b = self.index_from_scores(scores_a, scores_b)
+        generator_needs_grad = torch.is_grad_enabled() and scores_a.requires_grad
+        if self.mode == "hard" or not (self.training and generator_needs_grad):
             self.regularization = None
             return DF.permute_channels(x, index)
-        # Training with exact permutations: straight-through, so the generator still gets a gradient
-        # (a bare gather gives it none, and DDP then stops on parameters that received no gradient).
-        a, b = self._soft(logits_a, logits_b)
-        self.regularization = self._penalty(a, b)
+        # "ste": exact permutation forward, soft-matrix gradients backward, so the generator still learns (a bare gather gives it no gradient, and DDP
+        # then stops on parameters that received none).
+        a, b = self.soft_from_scores(scores_a, scores_b)
+        self.regularization = self.penalty(a, b)
         batch = x.shape[0]
         a = a.expand(batch, *a.shape[1:])
         b = b.expand(batch, *b.shape[1:])
@@ -284,19 +354,34 @@ class _FactorizedShuffle(nn.Module):
     def permutation(self, x: Tensor) -> Tensor:
         """The exact permutation the hard path applies: LongTensor `(N, C)` with `out[n, c] == x[n, perm[n, c]]`."""
         _check_input(x, self.channels, type(self).__name__)
-        index = self._hard_index(*self._logits(x))[0]
-        return index.expand(x.shape[0], -1)
+        return self.hard_index(x).expand(x.shape[0], -1)
 
     @torch.no_grad()
     def soft_matrices(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The soft factors `(A, B)` for input `x`: `(N, n1, n1)`, `(N, n2, n2)` (or with a group axis)."""
         _check_input(x, self.channels, type(self).__name__)
-        a, b = self._soft(*self._logits(x))
+        a, b = self.soft_factors(x)
         return a.expand(x.shape[0], *a.shape[1:]), b.expand(x.shape[0], *b.shape[1:])
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, groups={self.groups}, factors=({self.n1}, {self.n2}), "
+        text = (f"channels={self.channels}, groups={self.groups}, factors=({self.n1}, {self.n2}), "
                 f"share={self.share}, mode={self.mode!r}, temperature={self.temperature:g}")
+        if self.relaxation != "softmax":
+            text += f", relaxation={self.relaxation!r}, sinkhorn_iters={self.sinkhorn_iters}"
+        if self.noise:
+            text += f", noise={self.noise:g}"
+        return text
+
+
+def _gumbel_like(t: Tensor) -> Tensor:
+    u = torch.rand_like(t).clamp_(1e-9, 1.0 - 1e-9)
+    return -torch.log(-torch.log(u))
+
+
+def _check_confidence(confidence: float) -> float:
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return float(confidence)
 
 
 class DynamicShuffle(_FactorizedShuffle):
@@ -306,40 +391,54 @@ class DynamicShuffle(_FactorizedShuffle):
         channels: C, the input and output channels.
         groups: G; C must be divisible by G. The cross-group part is ShuffleNet's shuffle with G groups.
         factors: (n1, n2) with n1 * n2 = C / G; default the most balanced factorisation (prime -> (1, n)).
-        hidden: the generator's width; default `default_hidden` (keeps a dynamic ShuffleNet within the
-            DESIGN budget of 10 % parameters).
-        temperature: softmax temperature of the soft matrices.
+        hidden: the generator's width; default `default_hidden` (about 5 % of a pointwise convolution).
+        temperature: divides the logits, for the soft matrices and the binarization alike.
         share: one (A, B) pair per sample shared by all groups (True) or one per group.
-        mode: "auto" (soft in training, exact permutation in eval), "soft" (always soft), "ste" or
-            "hard" (exact permutation forward; in training the gradient is the softmax's, straight-through).
-        confidence: the diagonal's softmax probability at initialisation (A ≈ I, B ≈ I).
+        mode: "auto" (soft in training, exact permutation in eval), "soft" (always soft), "ste" (exact
+            permutation forward; in training the generator gets the soft matrices' gradient, straight
+            through), "hard" (exact permutation, no gradient to the generator and no penalty, even in
+            training: a frozen generator).
+        confidence: the diagonal's softmax probability at initialisation (A ≈ I, B ≈ I). Low values keep
+            the soft matrices far from a vertex, so the generator can still move between permutations;
+            the exact permutation of a fresh module is the fixed shuffle for any value.
+        relaxation: "softmax" (row softmax, the paper's) or "sinkhorn" (`sinkhorn_iters` row/column
+            normalisations in log space).
+        noise: scale of Gumbel noise added to the scaled logits in training (exploration); 0 = none.
+        stats: the generator's input: "mean" (pooled means, the paper's squeeze) or "mean_std".
+        head_init: std of the generator heads' initial weights (0: every input starts on the fixed shuffle
+            in the soft path too).
+        binarize_rounds: claim rounds of the branch-free binarization (`functional.binarize`).
 
     After a forward that built soft matrices, `self.regularization` holds that forward's orthogonality
-    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable).
+    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable). `ShuffleSchedule` sets `mode`,
+    `temperature` and `noise` over training.
     """
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
                  hidden: int | None = None, temperature: float = 1.0, share: bool = True,
-                 mode: str = "auto", confidence: float = 0.9):
-        super().__init__(channels, groups, factors, temperature, share, mode)
-        if not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+                 mode: str = "auto", confidence: float = 0.9, *, relaxation: str = "softmax",
+                 noise: float = 0.0, sinkhorn_iters: int = 5, stats: str = "mean", head_init: float = 0.0,
+                 binarize_rounds: int = 1):
+        super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
+                         sinkhorn_iters, binarize_rounds)
+        confidence = _check_confidence(confidence)
         self.hidden = default_hidden(channels, self.n1, self.n2) if hidden is None else int(hidden)
         if self.hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
         heads = 1 if self.share else groups
-        self.generator = ShuffleGenerator(channels, self.hidden, self.n1, self.n2, heads, confidence)
-        if self.temperature != 1.0:
-            # The diagonal bias was computed for temperature 1: scale it so the initial softmax is the same.
-            with torch.no_grad():
-                self.generator.head_a.bias.mul_(self.temperature)
-                self.generator.head_b.bias.mul_(self.temperature)
+        # The diagonal bias is scaled by the temperature so that the initial softmax is the same for any T.
+        self.generator = ShuffleGenerator(channels, self.hidden, self.n1, self.n2, heads,
+                                          _diagonal_logit_fn(confidence, self.temperature), stats, head_init)
 
-    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.generator(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", hidden={self.hidden}"
+
+
+def _diagonal_logit_fn(confidence: float, temperature: float):
+    return lambda n: temperature * _diagonal_logit(n, confidence)
 
 
 class LearnedShuffle(_FactorizedShuffle):
@@ -348,18 +447,17 @@ class LearnedShuffle(_FactorizedShuffle):
     after binarization). The control that separates learning a permutation from data dependence."""
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
-                 temperature: float = 1.0, share: bool = True, mode: str = "auto", confidence: float = 0.9):
-        super().__init__(channels, groups, factors, temperature, share, mode)
-        if not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+                 temperature: float = 1.0, share: bool = True, mode: str = "auto", confidence: float = 0.9,
+                 *, relaxation: str = "softmax", noise: float = 0.0, sinkhorn_iters: int = 5,
+                 binarize_rounds: int = 1):
+        super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
+                         sinkhorn_iters, binarize_rounds)
+        diagonal = _diagonal_logit_fn(_check_confidence(confidence), self.temperature)
         heads = 1 if self.share else groups
-        self.logits_a = nn.Parameter(self._init_logits(heads, self.n1, confidence))
-        self.logits_b = nn.Parameter(self._init_logits(heads, self.n2, confidence))
+        self.logits_a = nn.Parameter(torch.eye(self.n1).mul(diagonal(self.n1)).repeat(heads, 1, 1))
+        self.logits_b = nn.Parameter(torch.eye(self.n2).mul(diagonal(self.n2)).repeat(heads, 1, 1))
 
-    def _init_logits(self, heads: int, k: int, confidence: float) -> Tensor:
-        return torch.eye(k).mul(self.temperature * _diagonal_logit(k, confidence)).repeat(heads, 1, 1)
-
-    def _logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.logits_a.unsqueeze(0), self.logits_b.unsqueeze(0)
 
 
@@ -379,9 +477,12 @@ class StaticDynamicShuffle(nn.Module):
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
                  hidden: int | None = None, temperature: float = 1.0, share: bool = True,
-                 mode: str = "auto", bias: bool = False, static_impl: str = "auto", confidence: float = 0.9):
+                 mode: str = "auto", bias: bool = False, static_impl: str = "auto", confidence: float = 0.9,
+                 **dynamic_options):
         super().__init__()
-        self.dynamic = DynamicShuffle(channels, groups, factors, hidden, temperature, share, mode, confidence)
+        # `dynamic_options`: the keyword-only options of DynamicShuffle (relaxation, noise, stats, ...).
+        self.dynamic = DynamicShuffle(channels, groups, factors, hidden, temperature, share, mode, confidence,
+                                      **dynamic_options)
         self.channels, self.groups = channels, groups
         n1, n2 = self.dynamic.n1, self.dynamic.n2
         if static_impl not in ("auto", "factored", "dense"):
@@ -421,10 +522,10 @@ class StaticDynamicShuffle(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.channels, type(self).__name__)
         dyn = self.dynamic
-        if dyn._uses_soft_path() and self.static_impl == "factored":
+        if dyn.uses_soft_path() and self.static_impl == "factored":
             # Soft dynamic and static parts share their two matrix products.
-            a, b = dyn._soft(*dyn._logits(x))
-            dyn.regularization = dyn._penalty(a, b)
+            a, b = dyn.soft_factors(x)
+            dyn.regularization = dyn.penalty(a, b)
             y = DF.kron_apply_sum(x, a, b, self.static_u.unsqueeze(0), self.static_v.unsqueeze(0), self.groups)
         else:
             y = self._static(x)
