@@ -21,6 +21,8 @@ _LAZY = {
     "orthogonality_loss": "dynshuffle.layers",
     "set_shuffle_mode": "dynshuffle.layers",
     "shuffle_modules": "dynshuffle.layers",
+    "ShuffleSchedule": "dynshuffle.schedule",
+    "run_routing": "dynshuffle.routing",
     "create_model": "dynshuffle.models",
     "list_models": "dynshuffle.models",
     "register_model": "dynshuffle.models",

@@ -105,6 +105,12 @@ def make_stem(stem: str, in_channels: int, out_channels: int) -> tuple[nn.Sequen
     return conv1, maxpool
 
 
+# Keyword options of DynamicShuffle that a model passes through to every learned/dynamic/SDS module
+# (`layer_options`); the learned shuffle takes those in LEARNED_OPTIONS.
+LAYER_OPTIONS = ("confidence", "relaxation", "noise", "sinkhorn_iters", "stats", "head_init", "binarize_rounds")
+LEARNED_OPTIONS = ("confidence", "relaxation", "noise", "sinkhorn_iters", "binarize_rounds")
+
+
 @dataclass(frozen=True)
 class ShuffleOptions:
     """The shuffle arguments of a model, validated, and the factory of its shuffle modules.
@@ -113,6 +119,8 @@ class ShuffleOptions:
     every module), a pair (n1, n2) (only where it multiplies to n: one pair rarely fits every stage), a
     mapping {n: (n1, n2)} (missing n -> balanced), or a callable n -> (n1, n2).
     `hidden`: None (the model's default rule), an int, or a callable (channels, n1, n2) -> int.
+    `layer_options`: keyword options of the layers (LAYER_OPTIONS), e.g. {"confidence": 0.3}; missing
+    keys take the layer's defaults.
     """
 
     shuffle: str = "static"
@@ -123,6 +131,7 @@ class ShuffleOptions:
     default_hidden: Callable[[int, int, int], int] | None = None
     temperature: float = 1.0
     share: bool = True
+    layer_options: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         check_choice("shuffle", self.shuffle, SHUFFLE_KINDS)
@@ -140,6 +149,10 @@ class ShuffleOptions:
             raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
         if not isinstance(self.share, bool):
             raise ValueError(f"share must be True or False, got {self.share!r}")
+        unknown = set(self.layer_options or {}) - set(LAYER_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown shuffle layer option(s) {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(LAYER_OPTIONS)})")
 
     def check_channels(self, channels: int, where: str) -> None:
         if channels % self.groups:
@@ -175,15 +188,17 @@ class ShuffleOptions:
         if self.shuffle == "static":
             return ChannelShuffle(self.groups)
         n1, n2 = self.resolve_factors(channels)
+        options = dict(self.layer_options or {})
         if self.shuffle == "learned":
-            return LearnedShuffle(channels, self.groups, (n1, n2), self.temperature, self.share)
+            learned = {k: v for k, v in options.items() if k in LEARNED_OPTIONS}
+            return LearnedShuffle(channels, self.groups, (n1, n2), self.temperature, self.share, **learned)
         return DynamicShuffle(channels, self.groups, (n1, n2), self.resolve_hidden(channels, n1, n2),
-                              self.temperature, self.share)
+                              self.temperature, self.share, **options)
 
     def make_sds(self, channels: int) -> StaticDynamicShuffle:
         n1, n2 = self.resolve_factors(channels)
         return StaticDynamicShuffle(channels, self.groups, (n1, n2), self.resolve_hidden(channels, n1, n2),
-                                    self.temperature, self.share)
+                                    self.temperature, self.share, **dict(self.layer_options or {}))
 
 
 def init_weights(model: nn.Module, stem_conv: nn.Conv2d) -> None:

@@ -143,7 +143,8 @@ class ShuffleNetV1(ShuffleNetBase):
             and only combines with `shuffle="static"` (any other shuffle raises ValueError).
         shuffle_groups: G of the learned/dynamic/SDS modules (default `groups`; must divide the
             bottleneck channels).
-        factors, hidden, temperature, share: passed to the learned/dynamic/SDS modules (`hidden=None`:
+        factors, hidden, temperature, share, layer_options: passed to the learned/dynamic/SDS
+            modules (`hidden=None`:
             `shufflenet_default_hidden`, 4, as in ShuffleNetV2: the parameter budget of small models).
         dropout: before the classifier (default none, as the official code).
 
@@ -153,7 +154,8 @@ class ShuffleNetV1(ShuffleNetBase):
     def __init__(self, groups: int = 3, width: float = 1.0, num_classes: int = 1000, *,
                  shuffle: str = "static", pointwise: str = "conv", stem: str = "imagenet",
                  shuffle_groups: int | None = None, factors=None, hidden=None, temperature: float = 1.0,
-                 share: bool = True, dropout: float = 0.0, in_channels: int = 3):
+                 share: bool = True, dropout: float = 0.0, in_channels: int = 3,
+                 layer_options: dict | None = None):
         super().__init__()
         if isinstance(groups, bool) or groups not in V1_GROUPS:
             raise ValueError(f"ShuffleNetV1 groups must be one of {', '.join(map(str, V1_GROUPS))}, got {groups!r}")
@@ -170,12 +172,15 @@ class ShuffleNetV1(ShuffleNetBase):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         options = ShuffleOptions(shuffle, pointwise, groups if shuffle_groups is None else shuffle_groups,
-                                 factors, hidden, shufflenet_default_hidden, temperature, share)
+                                 factors, hidden, shufflenet_default_hidden, temperature, share,
+                                 layer_options)
         self.config = {
             "name": f"shufflenet_v1_g{groups}_{width_tag(width)}", "arch": "shufflenet_v1", "groups": groups,
             "width": width, "num_classes": num_classes, "shuffle": shuffle, "pointwise": pointwise,
             "stem": stem, "shuffle_groups": shuffle_groups, "factors": factors, "hidden": hidden,
-            "temperature": temperature, "share": share, "dropout": dropout, "in_channels": in_channels,
+            "temperature": temperature, "share": share,
+            "layer_options": dict(layer_options) if layer_options else None,
+            "dropout": dropout, "in_channels": in_channels,
         }
         self.groups, self.width, self.num_classes, self.stem = groups, width, num_classes, stem
         stage_widths = v1_stage_widths(groups, width)

@@ -105,7 +105,8 @@ class ShuffleNetV2(ShuffleNetBase):
             of every stride-1 unit's branch).
         stem: "imagenet" (224x224), "tiny" (64x64) or "cifar" (32x32); see `make_stem`.
         shuffle_groups: G of every shuffle / SDS module (default 2, ShuffleNetV2's shuffle).
-        factors, hidden, temperature, share: passed to the learned/dynamic/SDS modules (`factors` and
+        factors, hidden, temperature, share, layer_options: passed to the learned/dynamic/SDS
+            modules (`factors` and
             `hidden` also accept per-module rules, see `ShuffleOptions`); `hidden=None` means
             `shufflenet_default_hidden` (4: the parameter budget, see its docstring).
         dropout: before the classifier; None = the official choice (0.2 at 2.0x, none otherwise).
@@ -117,7 +118,7 @@ class ShuffleNetV2(ShuffleNetBase):
     def __init__(self, width: float = 1.0, num_classes: int = 1000, *, shuffle: str = "static",
                  pointwise: str = "conv", stem: str = "imagenet", shuffle_groups: int | None = None,
                  factors=None, hidden=None, temperature: float = 1.0, share: bool = True,
-                 dropout: float | None = None, in_channels: int = 3):
+                 dropout: float | None = None, in_channels: int = 3, layer_options: dict | None = None):
         super().__init__()
         width = check_width("ShuffleNetV2", width, tuple(V2_WIDTHS))
         check_num_classes(num_classes)
@@ -127,12 +128,15 @@ class ShuffleNetV2(ShuffleNetBase):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         options = ShuffleOptions(shuffle, pointwise, 2 if shuffle_groups is None else shuffle_groups,
-                                 factors, hidden, shufflenet_default_hidden, temperature, share)
+                                 factors, hidden, shufflenet_default_hidden, temperature, share,
+                                 layer_options)
         self.config = {
             "name": f"shufflenet_v2_{width_tag(width)}", "arch": "shufflenet_v2", "width": width,
             "num_classes": num_classes, "shuffle": shuffle, "pointwise": pointwise, "stem": stem,
             "shuffle_groups": shuffle_groups, "factors": factors, "hidden": hidden,
-            "temperature": temperature, "share": share, "dropout": dropout, "in_channels": in_channels,
+            "temperature": temperature, "share": share,
+            "layer_options": dict(layer_options) if layer_options else None,
+            "dropout": dropout, "in_channels": in_channels,
         }
         self.width, self.num_classes, self.stem = width, num_classes, stem
         stage_widths, head_width = V2_WIDTHS[width]

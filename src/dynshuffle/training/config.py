@@ -5,12 +5,14 @@ it changes; the run folder keeps the *resolved* config (every key) so a run can 
 An unknown section or key, a wrong type, or a value outside a key's choices raises ValueError naming the
 key (and the expected type), whether it comes from YAML or from `--set`.
 
-    model:    name, shuffle, pointwise, stem, shuffle_groups, factors, hidden, temperature, share, sync_bn
+    model:    name, shuffle, pointwise, stem, shuffle_groups, factors, hidden, temperature, share,
+              confidence, relaxation, stats, head_init, sync_bn
     data:     name, root, download, batch_size (global, over all processes), eval_batch_size, workers
     optim:    name, lr, base_batch_size (lr is scaled by batch_size / base_batch_size), momentum, nesterov,
               weight_decay, exempt_norm_bias, grad_clip
     schedule: name (cosine | linear | step | constant), warmup_epochs, min_lr_factor, milestones, gamma
-    shuffle:  lambda (orthogonality penalty weight), lambda_warmup_epochs, ste_fraction, train_mode, eval_soft
+    shuffle:  lambda, explore_fraction, ste_fraction, temperature, final_temperature, noise, train_mode,
+              eval_soft (the settings of dynshuffle.ShuffleSchedule)
     train:    epochs, seed, device, amp, label_smoothing, steps_per_epoch, eval_steps, deterministic,
               debug_dump_weights
     log:      tensorboard, progress, print_epochs
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from dynshuffle.schedule import ShuffleRecipe
 
 
 def _key(name: str | None = None, choices: tuple | None = None, doc: str = "") -> dict:
@@ -50,6 +54,14 @@ class ModelConfig:
     hidden: Optional[int] = None
     temperature: float = 1.0
     share: bool = True
+    confidence: Optional[float] = field(default=None, metadata=_key(
+        doc="initial diagonal probability of the soft factors; null: the layer's default"))
+    relaxation: Optional[str] = field(default=None, metadata=_key(
+        choices=("softmax", "sinkhorn"), doc="null: the layer's default"))
+    stats: Optional[str] = field(default=None, metadata=_key(
+        choices=("mean", "mean_std"), doc="generator input; null: the layer's default"))
+    head_init: Optional[float] = field(default=None, metadata=_key(
+        doc="std of the generator heads' initial weights; null: the layer's default"))
     sync_bn: bool = field(default=True, metadata=_key(doc="SyncBatchNorm under multi-GPU DDP (CUDA only)"))
 
 
@@ -88,15 +100,33 @@ class ScheduleConfig:
     gamma: float = 0.1
 
 
+_RECIPE = ShuffleRecipe()  # the schedule's defaults are the config's: one home for the recipe
+
+
 @dataclass
 class ShuffleConfig:
-    lambda_: float = field(default=1.0, metadata=_key("lambda", doc="orthogonality penalty weight"))
-    lambda_warmup_epochs: float = 0.0
-    ste_fraction: float = field(default=0.25, metadata=_key(
-        doc="last fraction of epochs trained with the straight-through hard permutation"))
-    train_mode: str = field(default="soft", metadata=_key(choices=("soft", "ste"),
-                                                          doc="mode before the straight-through phase"))
+    """`dynshuffle.ShuffleSchedule`'s settings (see dynshuffle/schedule.py) plus the evaluation switch."""
+
+    lambda_: float = field(default=_RECIPE.lambda_, metadata=_key("lambda", doc="orthogonality penalty weight"))
+    explore_fraction: float = field(default=_RECIPE.explore_fraction, metadata=_key(
+        doc="first fraction of the steps trained with no penalty; then lambda ramps up until the ste phase"))
+    ste_fraction: float = field(default=_RECIPE.ste_fraction, metadata=_key(
+        doc="last fraction of the steps trained with the straight-through exact permutation"))
+    temperature: Optional[float] = field(default=_RECIPE.temperature, metadata=_key(
+        doc="scheduled temperature at step 0; null: the modules keep model.temperature"))
+    final_temperature: Optional[float] = field(default=_RECIPE.final_temperature, metadata=_key(
+        doc="temperature at the end of the soft phase (geometric); null: constant"))
+    noise: float = field(default=_RECIPE.noise, metadata=_key(
+        doc="Gumbel noise scale on the logits, decaying to 0 at the end of the soft phase"))
+    train_mode: str = field(default=_RECIPE.train_mode, metadata=_key(
+        choices=("soft", "ste"), doc="mode before the straight-through phase"))
     eval_soft: bool = field(default=True, metadata=_key(doc="also evaluate with the soft matrices"))
+
+    def recipe(self) -> dict:
+        """The keyword arguments of `ShuffleSchedule`."""
+        return {"lambda_": self.lambda_, "explore_fraction": self.explore_fraction,
+                "ste_fraction": self.ste_fraction, "temperature": self.temperature,
+                "final_temperature": self.final_temperature, "noise": self.noise, "train_mode": self.train_mode}
 
 
 @dataclass
@@ -320,8 +350,14 @@ def validate(cfg: Config) -> None:
     need(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0")
     need(0 <= cfg.schedule.min_lr_factor <= 1, "schedule.min_lr_factor", "must be in [0, 1]")
     need(cfg.shuffle.lambda_ >= 0, "shuffle.lambda", "must be >= 0")
-    need(cfg.shuffle.lambda_warmup_epochs >= 0, "shuffle.lambda_warmup_epochs", "must be >= 0")
+    need(0 <= cfg.shuffle.explore_fraction <= 1, "shuffle.explore_fraction", "must be in [0, 1]")
     need(0 <= cfg.shuffle.ste_fraction <= 1, "shuffle.ste_fraction", "must be in [0, 1]")
+    need(cfg.shuffle.explore_fraction + cfg.shuffle.ste_fraction <= 1, "shuffle.explore_fraction",
+         "plus shuffle.ste_fraction must be <= 1")
+    need(cfg.shuffle.temperature is None or cfg.shuffle.temperature > 0, "shuffle.temperature", "must be > 0")
+    need(cfg.shuffle.final_temperature is None or cfg.shuffle.final_temperature > 0, "shuffle.final_temperature",
+         "must be > 0")
+    need(cfg.shuffle.noise >= 0, "shuffle.noise", "must be >= 0")
     need(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     need(cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1")
     need(cfg.train.eval_steps is None or cfg.train.eval_steps >= 1, "train.eval_steps", "must be >= 1")

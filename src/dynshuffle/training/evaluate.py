@@ -130,18 +130,23 @@ def evaluate_modes(model: nn.Module, loader: DataLoader, transform, device: torc
                    soft: bool = True, **kwargs) -> dict:
     """{"hard": metrics, "soft": metrics or None}: the exact permutation (what a deployed model computes)
     and, for models with learned/dynamic shuffles, the soft matrices (the train/inference gap check).
-    Fixed-shuffle models are evaluated once ("hard") and get "soft": None. Leaves modules in "hard"."""
-    from dynshuffle.layers import set_shuffle_mode
+    Fixed-shuffle models are evaluated once ("hard") and get "soft": None. Every module's mode is restored."""
+    from dynshuffle.layers import set_shuffle_mode, shuffle_modules
 
     if not has_shuffle_modes(model):
         return {"hard": evaluate(model, loader, transform, device, **kwargs), "soft": None}
-    set_shuffle_mode(model, "hard")
-    hard = evaluate(model, loader, transform, device, desc="eval hard", **kwargs)
-    result = {"hard": hard, "soft": None}
-    if soft:
-        set_shuffle_mode(model, "soft")
-        result["soft"] = evaluate(model, loader, transform, device, desc="eval soft", **kwargs)
+    modules = list(shuffle_modules(model))
+    modes = [m.mode for m in modules]
+    try:
         set_shuffle_mode(model, "hard")
+        hard = evaluate(model, loader, transform, device, desc="eval hard", **kwargs)
+        result = {"hard": hard, "soft": None}
+        if soft:
+            set_shuffle_mode(model, "soft")
+            result["soft"] = evaluate(model, loader, transform, device, desc="eval soft", **kwargs)
+    finally:
+        for m, mode in zip(modules, modes):
+            m.mode = mode
     return result
 
 

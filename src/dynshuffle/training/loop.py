@@ -27,7 +27,7 @@ from . import distributed as D
 from .config import Config, diff_configs, save_config
 from .evaluate import autocast, evaluate_modes, has_shuffle_modes, make_loader, progress_enabled, ShardSampler
 from .logging import TensorBoard, write_csv
-from .optim import build_optimizer, build_schedule, lambda_at, peak_lr, shuffle_mode_at
+from .optim import build_optimizer, build_schedule, peak_lr
 
 
 class NonFiniteLossError(ValueError):
@@ -53,7 +53,13 @@ def build_model(cfg: Config, num_classes: int, stem: str) -> nn.Module:
     return create_model(m.name, num_classes=num_classes, stem=m.stem or stem, shuffle=m.shuffle,
                         pointwise=m.pointwise, shuffle_groups=m.shuffle_groups,
                         factors=tuple(m.factors) if m.factors else None, hidden=m.hidden,
-                        temperature=m.temperature, share=m.share)
+                        temperature=m.temperature, share=m.share, layer_options=layer_options(cfg) or None)
+
+
+def layer_options(cfg: Config) -> dict:
+    """The model keys that pass through to the shuffle layers (null keys keep the layer's defaults)."""
+    keys = ("confidence", "relaxation", "stats", "head_init")
+    return {k: getattr(cfg.model, k) for k in keys if getattr(cfg.model, k) is not None}
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -139,7 +145,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         if scaler.is_enabled():  # fp16 skips the optimizer step on overflow; the schedule moves on anyway
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        from dynshuffle.layers import orthogonality_loss, set_shuffle_mode
+        from dynshuffle.schedule import ShuffleSchedule
+
+        shuffle_schedule = ShuffleSchedule(raw_model, epochs * steps_per_epoch, **cfg.shuffle.recipe()) \
+            if dynamic else None
 
         # ---- resume: weights, optimizer, schedule, scaler, RNG, history ----------------------------------
         start_epoch, best_top1, history = 0, -1.0, []
@@ -183,9 +192,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
         # ---- epochs ----------------------------------------------------------------------------------------
         for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
-            mode = shuffle_mode_at(cfg.shuffle, epoch, epochs) if dynamic else None
-            if dynamic:
-                set_shuffle_mode(raw_model, mode)
+            mode = None
             train_sampler.set_epoch(epoch)
             aug_gen.manual_seed(seed * 1_000_003 + epoch * 1_009 + ctx.rank)
             model.train()
@@ -200,13 +207,17 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
                     break
                 images = train_tf(images.to(device, non_blocking=True), generator=aug_gen)
                 labels = labels.to(device, non_blocking=True)
-                lam = lambda_at(cfg.shuffle, epoch + step / steps_per_epoch)
+                if dynamic:
+                    global_step = epoch * steps_per_epoch + step
+                    shuffle_schedule.step(global_step)
+                    mode = shuffle_schedule.mode_at(global_step)
+                    lam = shuffle_schedule.lambda_at(global_step)
 
                 with autocast(device, amp_dtype):
                     logits = model(images)
                 ce = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-                penalty = orthogonality_loss(raw_model) if dynamic else ce.new_zeros(())
-                loss = ce + lam * penalty
+                penalty = shuffle_schedule.penalty() if dynamic else ce.new_zeros(())
+                loss = ce + penalty
 
                 # A NaN/inf loss stops the run before it can reach a checkpoint (all ranks agree). On a GPU
                 # the check reads the flag every `check_every` steps, so that it costs no sync per step.
@@ -217,7 +228,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
                         where = f"step {step + 1}" if check_every == 1 else f"by step {step + 1}"
                         raise NonFiniteLossError(
                             f"loss is {float(bad_loss)} at epoch {epoch + 1}, {where} (lr "
-                            f"{scheduler.get_last_lr()[0]:.4g}, lambda {lam:g}); stopped. The last good checkpoint "
+                            f"{scheduler.get_last_lr()[0]:.4g}); stopped. The last good checkpoint "
                             f"is kept in {run_dir} (resume with --resume, perhaps with a lower optim.lr)")
 
                 optimizer.zero_grad(set_to_none=True)
@@ -232,7 +243,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
                 n = labels.numel()
                 sums[0] += ce.detach() * n
                 sums[1] += (logits.detach().argmax(1) == labels).sum()
-                sums[2] += penalty.detach() * n
+                sums[2] += penalty.detach() * n  # weighted by lambda
                 sums[3] += n
                 if show_bars and step % 10 == 0:
                     seen = float(sums[3])
@@ -254,7 +265,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
                 "val_top1_hard": hard["top1"] if dynamic else None,
                 "val_top1_soft": soft["top1"] if soft else None, "val_top5_soft": soft["top5"] if soft else None,
                 "val_loss_soft": soft["loss"] if soft else None,
-                "lr": optimizer.param_groups[0]["lr"], "lambda": lambda_at(cfg.shuffle, epoch + 1) if dynamic else None,
+                "lr": optimizer.param_groups[0]["lr"], "lambda": lam if dynamic else None,
                 "penalty": float(sums[2]) / seen if dynamic else None, "shuffle_mode": mode,
                 "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t_epoch,
             }
@@ -276,6 +287,9 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
                 if cfg.log.print_epochs:
                     print(_summary(row, epochs), flush=True)
             D.barrier(ctx)
+
+        if shuffle_schedule is not None:
+            shuffle_schedule.finish()  # the returned model runs as trained: "auto" (soft in train, exact in eval)
 
         # ---- end: test hook for the multi-process test ------------------------------------------------------
         if cfg.train.debug_dump_weights:

@@ -93,18 +93,3 @@ def peak_lr(optim_cfg, global_batch: int) -> float:
     if optim_cfg.base_batch_size is None:
         return optim_cfg.lr
     return optim_cfg.lr * global_batch / optim_cfg.base_batch_size
-
-
-def lambda_at(shuffle_cfg, epoch_float: float) -> float:
-    """Orthogonality weight at a fractional epoch: linear warm-up over `lambda_warmup_epochs`."""
-    w = shuffle_cfg.lambda_warmup_epochs
-    if w <= 0:
-        return shuffle_cfg.lambda_
-    return shuffle_cfg.lambda_ * min(1.0, epoch_float / w)
-
-
-def shuffle_mode_at(shuffle_cfg, epoch: int, epochs: int) -> str:
-    """Binarization schedule (DESIGN §2.8): `train_mode` (soft) first, straight-through (`ste`) for the last
-    `ste_fraction` of the epochs. Evaluation always uses the exact permutation (and the soft matrices too)."""
-    ste_epochs = math.ceil(shuffle_cfg.ste_fraction * epochs - 1e-9)  # any fraction > 0 gives >= 1 epoch
-    return "ste" if epoch >= epochs - ste_epochs else shuffle_cfg.train_mode

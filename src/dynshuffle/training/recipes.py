@@ -60,8 +60,7 @@ def recipe(dataset: str, model: str = "shufflenet_v2_x0_5", variant: str = "dyna
         cfg.train.epochs, cfg.train.label_smoothing = 240, 0.1
     else:
         raise ValueError(f"no recipe for dataset {dataset!r}; recipes: {', '.join(DATASETS)}")
-    # Dynamic-shuffle keys (fixed-shuffle variants ignore them): strong penalty, straight-through last 25 %.
-    cfg.shuffle.lambda_, cfg.shuffle.ste_fraction, cfg.shuffle.train_mode = 1.0, 0.25, "soft"
+    # Dynamic-shuffle keys keep the defaults of dynshuffle.ShuffleSchedule (fixed-shuffle variants ignore them).
     cfg.model.name = model
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
