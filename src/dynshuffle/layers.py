@@ -76,10 +76,14 @@ def default_hidden(channels: int, n1: int, n2: int) -> int:
 
 
 def _diagonal_logit(n: int, confidence: float) -> float:
-    """Logit on the diagonal (others 0) that makes a row's softmax put `confidence` on the diagonal."""
+    """Logit on the diagonal (others 0) that puts `1/n + confidence * (1 - 1/n)` on the diagonal of a row's
+    softmax: `confidence` goes from uniform rows (0) to one-hot rows (1), and the diagonal stays each row's
+    largest entry for every n (a probability of `confidence` itself would put the argmax off the diagonal
+    for n = 2 and confidence < 0.5, and the fresh module would no longer be the fixed shuffle)."""
     if n == 1:
         return 0.0
-    return math.log(confidence * (n - 1) / (1.0 - confidence))
+    p = 1.0 / n + confidence * (1.0 - 1.0 / n)
+    return math.log(p * (n - 1) / (1.0 - p))
 
 
 class _SpatialMean(torch.autograd.Function):
@@ -108,6 +112,7 @@ def spatial_mean(x: Tensor) -> Tensor:
 
 
 GENERATOR_STATS = ("mean", "mean_std")
+GENERATOR_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "none": lambda z: z}
 
 
 class ShuffleGenerator(nn.Module):
@@ -119,10 +124,13 @@ class ShuffleGenerator(nn.Module):
     """
 
     def __init__(self, channels: int, hidden: int, n1: int, n2: int, heads: int, diagonal_logit,
-                 stats: str = "mean", head_init: float = 0.0):
+                 stats: str = "mean", head_init: float = 0.0, activation: str = "relu"):
         super().__init__()
         if stats not in GENERATOR_STATS:
             raise ValueError(f"stats must be one of {GENERATOR_STATS}, got {stats!r}")
+        if activation not in GENERATOR_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(GENERATOR_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         if not head_init >= 0:
             raise ValueError(f"head_init must be >= 0, got {head_init!r}")
         self.n1, self.n2, self.heads, self.stats = n1, n2, heads, stats
@@ -149,13 +157,13 @@ class ShuffleGenerator(nn.Module):
                              self.norm.bias, training=False, eps=self.norm.eps)
         else:
             z = self.norm(z)
-        h = F.relu(z)
+        h = GENERATOR_ACTIVATIONS[self.activation](z)
         n = x.shape[0]
         return (self.head_a(h).view(n, self.heads, self.n1, self.n1),
                 self.head_b(h).view(n, self.heads, self.n2, self.n2))
 
     def extra_repr(self) -> str:
-        return f"stats={self.stats!r}"
+        return f"stats={self.stats!r}, activation={self.activation!r}"
 
 
 class _StraightThroughShuffle(torch.autograd.Function):
@@ -398,7 +406,8 @@ class DynamicShuffle(_FactorizedShuffle):
             permutation forward; in training the generator gets the soft matrices' gradient, straight
             through), "hard" (exact permutation, no gradient to the generator and no penalty, even in
             training: a frozen generator).
-        confidence: the diagonal's softmax probability at initialisation (A ≈ I, B ≈ I). Low values keep
+        confidence: how far the initial soft rows are from uniform (0) toward one-hot at the diagonal (1):
+            the diagonal's probability is `1/n + confidence * (1 - 1/n)` (A ≈ I, B ≈ I). Low values keep
             the soft matrices far from a vertex, so the generator can still move between permutations;
             the exact permutation of a fresh module is the fixed shuffle for any value.
         relaxation: "softmax" (row softmax, the paper's) or "sinkhorn" (`sinkhorn_iters` row/column
@@ -407,6 +416,8 @@ class DynamicShuffle(_FactorizedShuffle):
         stats: the generator's input: "mean" (pooled means, the paper's squeeze) or "mean_std".
         head_init: std of the generator heads' initial weights (0: every input starts on the fixed shuffle
             in the soft path too).
+        activation: the generator's hidden nonlinearity: "relu" (squeeze-excitation's), "gelu",
+            "leaky_relu" or "none" (a linear generator).
         binarize_rounds: claim rounds of the branch-free binarization (`functional.binarize`).
 
     After a forward that built soft matrices, `self.regularization` holds that forward's orthogonality
@@ -418,7 +429,7 @@ class DynamicShuffle(_FactorizedShuffle):
                  hidden: int | None = None, temperature: float = 1.0, share: bool = True,
                  mode: str = "auto", confidence: float = 0.9, *, relaxation: str = "softmax",
                  noise: float = 0.0, sinkhorn_iters: int = 5, stats: str = "mean", head_init: float = 0.0,
-                 binarize_rounds: int = 1):
+                 activation: str = "relu", binarize_rounds: int = 1):
         super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
                          sinkhorn_iters, binarize_rounds)
         confidence = _check_confidence(confidence)
@@ -428,7 +439,8 @@ class DynamicShuffle(_FactorizedShuffle):
         heads = 1 if self.share else groups
         # The diagonal bias is scaled by the temperature so that the initial softmax is the same for any T.
         self.generator = ShuffleGenerator(channels, self.hidden, self.n1, self.n2, heads,
-                                          _diagonal_logit_fn(confidence, self.temperature), stats, head_init)
+                                          _diagonal_logit_fn(confidence, self.temperature), stats, head_init,
+                                          activation)
 
     def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.generator(x)

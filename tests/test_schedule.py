@@ -1,0 +1,84 @@
+"""ShuffleSchedule: the dynamic-shuffle recipe as a pure function of the step."""
+import pytest
+import torch
+from torch import nn
+
+from dynshuffle import DynamicShuffle, LearnedShuffle, ShuffleSchedule, StaticDynamicShuffle
+
+
+def _model():
+    return nn.Sequential(DynamicShuffle(12, 2), StaticDynamicShuffle(12, 2), LearnedShuffle(12, 3))
+
+
+def _shuffles(model):
+    return [model[0], model[1].dynamic, model[2]]
+
+
+def test_phases_explore_ramp_then_straight_through():
+    sched = ShuffleSchedule(_model(), 100, lambda_=2.0, explore_fraction=0.5, ste_fraction=0.25)
+    assert sched.explore_end == 50 and sched.ste_start == 75
+    assert [sched.mode_at(s) for s in (0, 74, 75, 99)] == ["soft", "soft", "ste", "ste"]
+    assert sched.lambda_at(0) == sched.lambda_at(49) == 0.0
+    assert 0.0 < sched.lambda_at(50) < sched.lambda_at(60) < 2.0
+    assert sched.lambda_at(74) == pytest.approx(2.0) and sched.lambda_at(99) == 2.0
+
+
+def test_step_sets_every_module_and_finish_returns_to_auto():
+    model = _model()
+    sched = ShuffleSchedule(model, 10, ste_fraction=0.5, temperature=2.0, final_temperature=0.5, noise=1.0)
+    sched.step(0)
+    assert all(m.mode == "soft" and m.temperature == 2.0 and m.noise == 1.0 for m in _shuffles(model))
+    sched.step(5)
+    assert all(m.mode == "ste" and m.temperature == pytest.approx(0.5) and m.noise == 0.0 for m in _shuffles(model))
+    sched.step(2)  # a pure function of the step: going back gives the earlier values
+    assert all(m.mode == "soft" and 0.5 < m.temperature < 2.0 and 0 < m.noise < 1 for m in _shuffles(model))
+    sched.finish()
+    assert all(m.mode == "auto" and m.noise == 0.0 for m in _shuffles(model))
+
+
+def test_temperature_left_alone_by_default():
+    model = nn.Sequential(DynamicShuffle(12, 2, temperature=3.0))
+    ShuffleSchedule(model, 10).step(3)
+    assert model[0].temperature == 3.0
+
+
+def test_penalty_is_lambda_times_the_last_forward_penalties():
+    torch.manual_seed(0)
+    model = _model().train()
+    sched = ShuffleSchedule(model, 10, lambda_=0.5, explore_fraction=0.2, ste_fraction=0.0)
+    x = torch.randn(4, 12, 3, 3)
+    sched.step(0)
+    model(x)
+    assert sched.penalty().item() == 0.0  # exploring: no pull toward the nearest permutation
+    sched.step(9)
+    model(x)
+    expected = 0.5 * sum(m.regularization for m in _shuffles(model))
+    torch.testing.assert_close(sched.penalty(), expected)
+    sched.penalty().backward()
+    assert model[0].generator.head_a.bias.grad.abs().sum() > 0
+
+
+def test_state_dict_round_trip_restores_the_step():
+    model = _model()
+    sched = ShuffleSchedule(model, 20, ste_fraction=0.5)
+    sched.step(15)
+    state = sched.state_dict()
+    fresh = ShuffleSchedule(_model(), 20, ste_fraction=0.5)
+    fresh.load_state_dict(state)
+    assert fresh.current_step == 15 and all(m.mode == "ste" for m in _shuffles(fresh.model))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lamda": 1.0}, r"unknown setting\(s\) lamda"),
+    ({"ste_fraction": 1.5}, r"ste_fraction=1.5"),
+    ({"explore_fraction": 0.8, "ste_fraction": 0.4}, r"exceed 1"),
+    ({"train_mode": "hard"}, r"train_mode='hard'"),
+])
+def test_bad_settings_name_the_problem(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ShuffleSchedule(_model(), 10, **kwargs)
+
+
+def test_total_steps_must_be_positive():
+    with pytest.raises(ValueError, match="total_steps"):
+        ShuffleSchedule(_model(), 0)
