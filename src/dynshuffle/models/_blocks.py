@@ -33,7 +33,7 @@ FactorsArg = Union[None, int, tuple, Mapping, Callable[[int], tuple]]
 HiddenArg = Union[None, int, Callable[[int, int, int], int]]
 
 
-def shufflenet_default_hidden(channels: int, n1: int, n2: int) -> int:
+def shufflenet_default_hidden() -> int:
     """Generator width of every dynamic / SDS module of a ShuffleNet when `hidden` is not given: 4.
 
     The layer's own default (`layers.default_hidden`, at least 8) is sized for one module; a ShuffleNet
@@ -128,7 +128,7 @@ class ShuffleOptions:
     groups: int = 2
     factors: FactorsArg = None
     hidden: HiddenArg = None
-    default_hidden: Callable[[int, int, int], int] | None = None
+    default_hidden: int | None = None
     temperature: float = 1.0
     share: bool = True
     layer_options: Mapping[str, Any] | None = None
@@ -176,7 +176,7 @@ class ShuffleOptions:
 
     def resolve_hidden(self, channels: int, n1: int, n2: int) -> int | None:
         if self.hidden is None:
-            return None if self.default_hidden is None else int(self.default_hidden(channels, n1, n2))
+            return self.default_hidden
         if callable(self.hidden):
             return int(self.hidden(channels, n1, n2))
         return int(self.hidden)
