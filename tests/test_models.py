@@ -170,14 +170,27 @@ def test_orthogonality_loss_is_positive_for_dynamic_model():
     assert dynshuffle.orthogonality_loss(m).item() > 0
 
 
-def test_eval_output_deterministic():
+def test_eval_output_per_image_independent_of_the_batch():
+    # In eval every image gets its own permutation and BatchNorm uses running statistics, so an image's
+    # logits must not depend on which other images share its batch (nor on the batch size of 1, whose
+    # gather takes a special case), and "auto" in eval must be the exact-permutation path.
     for m in (ShuffleNetV2(0.5, 10, stem="cifar", shuffle="dynamic", pointwise="sds"),
               ShuffleNetV1(8, 0.25, 10, stem="cifar", shuffle="dynamic")):
         _warm_bn(m, 32, 1)
+        for module in dynshuffle.shuffle_modules(m):  # input-dependent permutations, not the fixed one
+            for p in module.generator.parameters():
+                torch.nn.init.normal_(p, 0.0, 0.5)
         m.eval()
         x = torch.randn(3, 3, 32, 32)
         with torch.no_grad():
-            assert torch.equal(m(x), m(x))
+            together = m(x)
+            alone = torch.cat([m(x[i:i + 1]) for i in range(3)])
+            reordered = m(x.flip(0)).flip(0)
+            with dynshuffle.shuffle_mode(m, "hard"):
+                hard = m(x)
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(together, reordered, rtol=1e-4, atol=1e-5)
+        assert torch.equal(together, hard)
 
 
 def test_init_leaves_shuffle_modules_alone():

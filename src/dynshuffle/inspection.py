@@ -16,9 +16,7 @@ exact-permutation path by default: the statistics describe what the deployed mod
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,9 +24,11 @@ from torch import Tensor, nn
 
 from . import functional as DF
 from .layers import DynamicShuffle, LearnedShuffle, shuffle_modules
+from .modes import shuffle_mode
+from .timing import device_of
 
 __all__ = ["permutation_stats", "shuffle_layers", "collect_inputs", "matrices_for_inputs", "soft_full_matrix",
-           "hard_full_matrix", "pairwise_agreement", "NoShuffleModulesError"]
+           "hard_full_matrix", "pairwise_agreement", "NoShuffleModulesError", "require_layers"]
 
 
 class NoShuffleModulesError(ValueError):
@@ -44,7 +44,8 @@ def shuffle_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if id(m) in wanted}
 
 
-def _require_layers(model: nn.Module) -> dict[str, nn.Module]:
+def require_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """`shuffle_layers(model)`, or NoShuffleModulesError (naming the model's shuffle) when it is empty."""
     layers = shuffle_layers(model)
     if not layers:
         cfg = getattr(model, "config", None) or {}
@@ -54,38 +55,20 @@ def _require_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_with_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Eval mode with every shuffle module in `mode` ("hard" or "soft"), restored afterwards."""
-    was_training = model.training
-    saved = [(m, m.mode) for m in shuffle_modules(model)]
-    model.eval()
-    for m, _ in saved:
-        m.mode = mode
-    try:
-        yield
-    finally:
-        for m, old in saved:
-            m.mode = old
-        model.train(was_training)
+_require_layers = require_layers  # the old private name, still imported by plots.py and commands/show.py
 
 
 def collect_inputs(model: nn.Module, images: Tensor, mode: str = "hard") -> dict[str, Tensor]:
     """The input each shuffle module sees when `model(images)` runs (eval, `mode` path): {name: tensor}."""
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
-    layers = _require_layers(model)
+    layers = require_layers(model)
     seen: dict[str, Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0].detach()))
                for name, m in layers.items()]
     try:
-        with _eval_with_mode(model, mode), torch.no_grad():
-            model(images.to(_device_of(model)))
+        with shuffle_mode(model, mode, training=False), torch.no_grad():
+            model(images.to(device_of(model)))
     finally:
         for h in handles:
             h.remove()
@@ -180,7 +163,7 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
         labels = torch.as_tensor(labels).reshape(-1)
         if labels.shape[0] != n:
             raise ValueError(f"got {labels.shape[0]} labels for {n} images")
-    layers = _require_layers(model)
+    layers = require_layers(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
@@ -260,7 +243,7 @@ def matrices_for_inputs(model: nn.Module, images: Tensor, mode: str = "hard") ->
     "perm": (N, C)}} on the CPU.
     """
     out: dict[str, dict[str, Tensor]] = {}
-    layers = _require_layers(model)
+    layers = require_layers(model)
     inputs = collect_inputs(model, images, mode)
     for name, module in layers.items():
         x = inputs[name]
