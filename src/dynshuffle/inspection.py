@@ -152,6 +152,21 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
             K x K; the diagonal averages pairs of distinct samples of one class, NaN if it has one),
             within_class, between_class (means of the diagonal / off-diagonal entries).
     """
+    labels = _check_stats_inputs(images, labels, batch_size)
+    layers = require_layers(model)
+    perms, sums = _accumulate(model, layers, images, batch_size, mode)
+    n = images.shape[0]
+    result: dict[str, dict] = {}
+    for name, module in layers.items():
+        stats = _layer_stats(module, torch.cat(perms[name]), sums[name], n, labels)
+        if keep_permutations:
+            stats["permutations"] = torch.cat(perms[name])
+        result[name] = stats
+    return result
+
+
+def _check_stats_inputs(images, labels, batch_size) -> Tensor | None:
+    """Validate `permutation_stats`' arguments; returns the labels as a flat tensor (or None)."""
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor (N, C, H, W) normalised as the model expects, got "
@@ -163,14 +178,18 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
         labels = torch.as_tensor(labels).reshape(-1)
         if labels.shape[0] != n:
             raise ValueError(f"got {labels.shape[0]} labels for {n} images")
-    layers = require_layers(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return labels
 
+
+def _accumulate(model: nn.Module, layers: dict[str, nn.Module], images: Tensor, batch_size: int,
+                mode: str) -> tuple[dict[str, list[Tensor]], dict[str, dict[str, float]]]:
+    """Each layer's permutations (one tensor per batch) and the sums of its soft-matrix statistics."""
     perms: dict[str, list[Tensor]] = {name: [] for name in layers}
     sums = {name: {"row_max_a": 0.0, "row_max_b": 0.0, "penalty": 0.0, "min_row_max_a": 1.0,
                    "min_row_max_b": 1.0} for name in layers}
-    for start in range(0, n, batch_size):
+    for start in range(0, images.shape[0], batch_size):
         inputs = collect_inputs(model, images[start:start + batch_size], mode)
         for name, module in layers.items():
             x = inputs[name]
@@ -179,43 +198,41 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
             s = sums[name]
             for key, m in (("a", a), ("b", b)):
                 row_max = m.amax(-1).float()
-                # Per sample: mean over (groups and) rows; summed over samples here, divided by n below.
+                # Per sample: mean over (groups and) rows; summed over samples here, divided by n later.
                 s[f"row_max_{key}"] += float(row_max.reshape(row_max.shape[0], -1).mean(1).sum())
                 s[f"min_row_max_{key}"] = min(s[f"min_row_max_{key}"], float(row_max.min()))
             pen = DF.orthogonality_penalty(a).reshape(a.shape[0], -1).mean(1) \
                 + DF.orthogonality_penalty(b).reshape(b.shape[0], -1).mean(1)
             s["penalty"] += float(pen.sum())
+    return perms, sums
 
-    result: dict[str, dict] = {}
-    for name, module in layers.items():
-        p = torch.cat(perms[name])
-        fixed = DF.channel_shuffle_index(module.channels, module.groups)
-        stats = {
-            "kind": "dynamic" if isinstance(module, DynamicShuffle) else
-                    "learned" if isinstance(module, LearnedShuffle) else type(module).__name__,
-            "channels": module.channels, "groups": module.groups, "n1": module.n1, "n2": module.n2,
-            "samples": n,
-            "row_max_a": sums[name]["row_max_a"] / n, "row_max_b": sums[name]["row_max_b"] / n,
-            "min_row_max_a": sums[name]["min_row_max_a"], "min_row_max_b": sums[name]["min_row_max_b"],
-            "penalty": sums[name]["penalty"] / n,
-            "fixed_fraction": float((p == fixed).all(1).float().mean()),
-            "fixed_channel_agreement": float((p == fixed).float().mean()),
-            "distinct": int(torch.unique(p, dim=0).shape[0]),
-            "agreement": _mean_pairwise_agreement(p),
-        }
-        if labels is not None:
-            matrix, classes = _class_agreement(p, labels)
-            off = ~np.eye(len(classes), dtype=bool)
-            diag = np.diagonal(matrix)
-            stats.update({
-                "classes": classes, "class_agreement": matrix,
-                "within_class": float(np.nanmean(diag)) if np.isfinite(diag).any() else math.nan,
-                "between_class": float(matrix[off].mean()) if off.any() else math.nan,
-            })
-        if keep_permutations:
-            stats["permutations"] = p
-        result[name] = stats
-    return result
+
+def _layer_stats(module: nn.Module, p: Tensor, sums: dict[str, float], n: int, labels: Tensor | None) -> dict:
+    """The statistics of one layer from its permutations `p` (N, C) and its summed soft statistics."""
+    fixed = DF.channel_shuffle_index(module.channels, module.groups)
+    stats = {
+        "kind": "dynamic" if isinstance(module, DynamicShuffle) else
+                "learned" if isinstance(module, LearnedShuffle) else type(module).__name__,
+        "channels": module.channels, "groups": module.groups, "n1": module.n1, "n2": module.n2,
+        "samples": n,
+        "row_max_a": sums["row_max_a"] / n, "row_max_b": sums["row_max_b"] / n,
+        "min_row_max_a": sums["min_row_max_a"], "min_row_max_b": sums["min_row_max_b"],
+        "penalty": sums["penalty"] / n,
+        "fixed_fraction": float((p == fixed).all(1).float().mean()),
+        "fixed_channel_agreement": float((p == fixed).float().mean()),
+        "distinct": int(torch.unique(p, dim=0).shape[0]),
+        "agreement": _mean_pairwise_agreement(p),
+    }
+    if labels is not None:
+        matrix, classes = _class_agreement(p, labels)
+        off = ~np.eye(len(classes), dtype=bool)
+        diag = np.diagonal(matrix)
+        stats.update({
+            "classes": classes, "class_agreement": matrix,
+            "within_class": float(np.nanmean(diag)) if np.isfinite(diag).any() else math.nan,
+            "between_class": float(matrix[off].mean()) if off.any() else math.nan,
+        })
+    return stats
 
 
 def soft_full_matrix(a: Tensor, b: Tensor, groups: int) -> Tensor:
