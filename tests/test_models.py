@@ -336,7 +336,7 @@ def test_load_compatible_state_dict_errors():
 
 @pytest.mark.parametrize("width", [0.5, 1.0, 1.5, 2.0])
 def test_dynamic_budget_every_v2_width(width):
-    """DESIGN §2 item 11: <= 10 % parameters and <= 2 % multiply-adds over the fixed shuffle."""
+    """docs/design.md §6: <= 10 % parameters and <= 2 % multiply-adds over the fixed shuffle."""
     static = ShuffleNetV2(width)
     dynamic = ShuffleNetV2(width, shuffle="dynamic")
     assert count_params(dynamic) <= 1.10 * count_params(static)

@@ -40,8 +40,8 @@ def shufflenet_default_hidden() -> int:
     carries 16 of them, its heads cost d * (n1² + n2²) parameters each, and ShuffleNetV2's widths contain
     large primes (116 = 4 x 29, 244 = 4 x 61: with G = 2 every head has n2 = 29 at 1.0x, 61 at 2.0x).
     With d = 8 a dynamic V2 1.0x / 2.0x on a 10- or 100-class task (no 1000-way classifier to dilute the
-    count) exceeds DESIGN's 10 % parameter budget (12.5 % / 11.4 % at 10 classes), and so does a V1 0.25x
-    (13.5 %). d = 4 keeps every V2 width under 7 % and every V1 under 8 %, at any class count
+    count) exceeds the 10 % parameter budget of docs/design.md §6 (12.5 % / 11.4 % at 10 classes), and so
+    does a V1 0.25x (13.5 %). d = 4 keeps every V2 width under 7 % and every V1 under 8 %, at any class count
     (docs/models.md has the table).
     """
     return DEFAULT_HIDDEN
