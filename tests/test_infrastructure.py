@@ -135,3 +135,17 @@ def test_data_modules_import_graph_has_no_cycle():
 
     for name in graph:
         visit(name)
+
+
+def test_models_do_not_import_training():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, dynshuffle.models, dynshuffle.checkpoints; "
+            "print(sorted(m for m in sys.modules if m.startswith('dynshuffle.training')))")
+    src = Path(dynshuffle.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(src)})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -256,6 +256,28 @@ def test_registry_names_and_patterns():
     assert list_models("nothing*") == []
 
 
+def test_every_registered_model_is_a_visible_definition():
+    # One `def <name>` per registered model (as timm does): searching the source for a name finds it,
+    # and the function is the module attribute of that name, not a factory made in a loop.
+    import inspect
+
+    from dynshuffle.models import shufflenet_v1, shufflenet_v2
+
+    names = list_models("shufflenet_*")
+    assert len(names) == 23
+    for name in names:
+        module = shufflenet_v1 if name.startswith("shufflenet_v1") else shufflenet_v2
+        fn = getattr(module, name)
+        assert fn.__name__ == name and fn.__module__ == module.__name__
+        assert f"def {name}(" in inspect.getsource(module)
+        assert name in module.__all__
+        built = create_model(name, num_classes=10, stem="cifar")
+        assert built.config["name"] == name
+    with pytest.raises(ValueError, match="groups 3"):
+        create_model("shufflenet_v1_g3_x1_0", groups=8)
+    assert create_model("shufflenet_v1_g8_x0_5", groups=8, width=0.5).groups == 8
+
+
 def test_top_level_exports():
     assert dynshuffle.create_model is create_model
     assert dynshuffle.list_models is list_models
