@@ -4,6 +4,7 @@
 `peak_activation_bytes` measure one quantity each. Every measurement runs on a copy of the model, so
 the caller's BatchNorm statistics and shuffle penalties are untouched. Tables are in
 `dynshuffle.reporting`, timings in `dynshuffle.timing` / `dynshuffle.benchmark`.
+
 Definitions (all for one image unless stated):
 - `params`: trainable and frozen parameters (buffers excluded).
 - `macs`: multiply-adds counted the papers' way: convolutions, linear layers and the other matrix
