@@ -170,14 +170,27 @@ def test_orthogonality_loss_is_positive_for_dynamic_model():
     assert dynshuffle.orthogonality_loss(m).item() > 0
 
 
-def test_eval_output_deterministic():
+def test_eval_output_per_image_independent_of_the_batch():
+    # In eval every image gets its own permutation and BatchNorm uses running statistics, so an image's
+    # logits must not depend on which other images share its batch (nor on the batch size of 1, whose
+    # gather takes a special case), and "auto" in eval must be the exact-permutation path.
     for m in (ShuffleNetV2(0.5, 10, stem="cifar", shuffle="dynamic", pointwise="sds"),
               ShuffleNetV1(8, 0.25, 10, stem="cifar", shuffle="dynamic")):
         _warm_bn(m, 32, 1)
+        for module in dynshuffle.shuffle_modules(m):  # input-dependent permutations, not the fixed one
+            for p in module.generator.parameters():
+                torch.nn.init.normal_(p, 0.0, 0.5)
         m.eval()
         x = torch.randn(3, 3, 32, 32)
         with torch.no_grad():
-            assert torch.equal(m(x), m(x))
+            together = m(x)
+            alone = torch.cat([m(x[i:i + 1]) for i in range(3)])
+            reordered = m(x.flip(0)).flip(0)
+            with dynshuffle.shuffle_mode(m, "hard"):
+                hard = m(x)
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(together, reordered, rtol=1e-4, atol=1e-5)
+        assert torch.equal(together, hard)
 
 
 def test_init_leaves_shuffle_modules_alone():
@@ -241,6 +254,28 @@ def test_registry_names_and_patterns():
                                                "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
     assert all(n.startswith("shufflenet_v1_g3_") for n in list_models("shufflenet_v1_g3_*"))
     assert list_models("nothing*") == []
+
+
+def test_every_registered_model_is_a_visible_definition():
+    # One `def <name>` per registered model (as timm does): searching the source for a name finds it,
+    # and the function is the module attribute of that name, not a factory made in a loop.
+    import inspect
+
+    from dynshuffle.models import shufflenet_v1, shufflenet_v2
+
+    names = list_models("shufflenet_*")
+    assert len(names) == 23
+    for name in names:
+        module = shufflenet_v1 if name.startswith("shufflenet_v1") else shufflenet_v2
+        fn = getattr(module, name)
+        assert fn.__name__ == name and fn.__module__ == module.__name__
+        assert f"def {name}(" in inspect.getsource(module)
+        assert name in module.__all__
+        built = create_model(name, num_classes=10, stem="cifar")
+        assert built.config["name"] == name
+    with pytest.raises(ValueError, match="groups 3"):
+        create_model("shufflenet_v1_g3_x1_0", groups=8)
+    assert create_model("shufflenet_v1_g8_x0_5", groups=8, width=0.5).groups == 8
 
 
 def test_top_level_exports():
@@ -323,7 +358,7 @@ def test_load_compatible_state_dict_errors():
 
 @pytest.mark.parametrize("width", [0.5, 1.0, 1.5, 2.0])
 def test_dynamic_budget_every_v2_width(width):
-    """DESIGN §2 item 11: <= 10 % parameters and <= 2 % multiply-adds over the fixed shuffle."""
+    """docs/design.md §6: <= 10 % parameters and <= 2 % multiply-adds over the fixed shuffle."""
     static = ShuffleNetV2(width)
     dynamic = ShuffleNetV2(width, shuffle="dynamic")
     assert count_params(dynamic) <= 1.10 * count_params(static)

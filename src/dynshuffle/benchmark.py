@@ -1,57 +1,37 @@
-"""Timing helpers and the layer benchmark: every figure is a ratio to a baseline measured beside it.
+"""The layer and model benchmarks: every figure is a ratio to a baseline measured beside it.
 
 Absolute times on a shared or throttled machine drift; a ratio of two operations timed alternately in the
 same run is what stays comparable, so each row times its candidate and its baseline interleaved and
-reports the median of each.
+reports the median of each (`dynshuffle.timing`, re-exported here as `time_pair`).
+
+- Layer benchmark (`run_layer_benchmark`, `format_rows`): one shuffle module against the fixed shuffle
+  or a 1x1 convolution at ShuffleNetV2's stage shapes.
+- Model benchmark (`run_model_benchmark`, `format_model_rows`): each shuffle variant of a model against
+  the fixed-shuffle model: eval latency, one training step, peak memory.
 """
 from __future__ import annotations
 
-import statistics
-import time
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
 from . import functional as DF
-from .layers import DynamicShuffle, StaticDynamicShuffle, set_shuffle_mode
-from .profiling import format_model_rows, run_model_benchmark  # noqa: F401  (the model half of `dynshuffle bench`)
+from .counting import peak_activation_bytes
+from .layers import DynamicShuffle, StaticDynamicShuffle, orthogonality_loss, set_shuffle_mode
+from .reporting import format_bytes, format_table
+from .timing import synchronize, time_interleaved, time_pair
+
+__all__ = ["time_pair", "LayerRow", "layer_rows", "run_layer_benchmark", "format_rows", "MODEL_BENCH_VARIANTS",
+           "ModelSetup", "run_model_benchmark", "format_model_rows"]
 
 # ShuffleNetV2 1.0x stage shapes (channels, spatial size) at the two input resolutions of the paper.
 STAGE_SHAPES = {
     "imagenet": [(116, 28), (232, 14), (464, 7)],
     "cifar": [(116, 16), (232, 8), (464, 4)],
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_pair(candidate: Callable[[], object], baseline: Callable[[], object], device: torch.device,
-              repeats: int = 15, min_time: float = 0.02) -> tuple[float, float]:
-    """Median seconds per call of `candidate` and `baseline`, timed alternately after a warm-up."""
-    for fn in (candidate, baseline, candidate, baseline):
-        fn()
-    _sync(device)
-    # Calls per measurement so that one measurement lasts about `min_time` (timer resolution, noise).
-    start = time.perf_counter()
-    baseline()
-    _sync(device)
-    per_call = max(time.perf_counter() - start, 1e-6)
-    inner = max(1, int(min_time / per_call))
-    samples: dict[int, list[float]] = {0: [], 1: []}
-    for _ in range(repeats):
-        for slot, fn in ((0, candidate), (1, baseline)):
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            _sync(device)
-            samples[slot].append((time.perf_counter() - start) / inner)
-    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 @dataclass
@@ -167,3 +147,150 @@ def format_rows(rows: list[LayerRow]) -> str:
         lines.append(f"| {r.what} | {r.shape} | {r.batch} | {r.candidate_ms:.3f} | {r.baseline} | "
                      f"{r.baseline_ms:.3f} | {r.ratio:.2f} | {target} | {met} |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ model benchmark
+
+MODEL_BENCH_VARIANTS: dict[str, dict] = {
+    "static": {"shuffle": "static", "pointwise": "conv"},
+    "learned": {"shuffle": "learned", "pointwise": "conv"},
+    "dynamic": {"shuffle": "dynamic", "pointwise": "conv"},
+    "sds": {"shuffle": "static", "pointwise": "sds"},
+    "dynamic+sds": {"shuffle": "dynamic", "pointwise": "sds"},
+}
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """One model of the benchmark: registry name, stem, input side, classes."""
+
+    name: str
+    stem: str
+    input_size: int
+    num_classes: int
+
+
+DEFAULT_MODEL_SETUPS = (
+    ModelSetup("shufflenet_v2_x0_5", "cifar", 32, 10),
+    ModelSetup("shufflenet_v2_x1_0", "cifar", 32, 10),
+    ModelSetup("shufflenet_v2_x1_0", "imagenet", 224, 1000),
+)
+QUICK_MODEL_SETUPS = (ModelSetup("shufflenet_v2_x0_5", "cifar", 32, 10),)
+
+
+def _eval_step(model: nn.Module, x: torch.Tensor):
+    def step():
+        with torch.no_grad():
+            model(x)
+    return step
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: Tensor, reg_weight: float, params=None):
+    opt = torch.optim.SGD(params if params is not None else model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y) + reg_weight * orthogonality_loss(model)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _train_peak_bytes(model: nn.Module, setup: ModelSetup, batch: int, device: torch.device, reg_weight: float) -> int:
+    """CUDA: the allocator's peak over one training step (beyond what was allocated before it);
+    CPU: the activations saved for backward (`peak_activation_bytes`)."""
+    if device.type != "cuda":
+        return peak_activation_bytes(model, setup.input_size, batch, device)
+    x = torch.randn(batch, 3, setup.input_size, setup.input_size, device=device)
+    y = torch.randint(0, setup.num_classes, (batch,), device=device)
+    step = _train_step(model, x, y, reg_weight)
+    step()  # optimizer state allocated outside the measured step
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def run_model_benchmark(setups: Sequence[ModelSetup] | None = None,
+                        variants: Sequence[str] = ("static", "learned", "dynamic", "sds"),
+                        device: str | torch.device = "cpu", eval_batches: Sequence[int] | None = None,
+                        train_batch: int | None = None, warmup: int | None = None, repeats: int | None = None,
+                        reg_weight: float = 1.0, seed: int = 0, *, quick: bool = False, compile: bool = False,
+                        progress: bool = False) -> list[dict]:
+    """Latency and memory of each shuffle variant of each model, as ratios to the first variant.
+
+    Per setup (default: ShuffleNetV2 0.5x and 1.0x, CIFAR stem, 32x32; 1.0x, ImageNet stem, 224x224) and
+    variant (static / learned / dynamic / sds): eval latency at each of `eval_batches` (default 1 and
+    64; eval mode, no_grad), one training step at `train_batch` (64: forward, cross-entropy +
+    `reg_weight` x orthogonality loss, backward, SGD step) and its peak memory; medians of `repeats`
+    (10) after `warmup` (3), variants interleaved. `quick`: 0.5x only, batches 1 and 8, 1 warm-up,
+    2 repeats (explicit arguments override). `compile`: time `torch.compile`d models.
+    Returns one dict per (setup, variant): seconds (`eval_b{B}_s`, `train_b{B}_s`), `peak_bytes`, and
+    the same keys with `_ratio` (to the first variant of the setup).
+    """
+    device = torch.device(device)
+    if setups is None:
+        setups = QUICK_MODEL_SETUPS if quick else DEFAULT_MODEL_SETUPS
+    eval_batches = tuple(eval_batches or ((1, 8) if quick else (1, 64)))
+    train_batch = train_batch or (8 if quick else 64)
+    warmup = (1 if quick else 3) if warmup is None else warmup
+    repeats = (2 if quick else 10) if repeats is None else repeats
+    unknown = [v for v in variants if v not in MODEL_BENCH_VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"unknown variants {unknown or list(variants)}; expected some of {sorted(MODEL_BENCH_VARIANTS)}")
+    from .models import create_model
+
+    rows: list[dict] = []
+    for setup in setups:
+        if progress:
+            print(f"model benchmark: {setup.name} {setup.stem} {setup.input_size}px ...", file=sys.stderr, flush=True)
+        torch.manual_seed(seed)
+        models = {v: create_model(setup.name, stem=setup.stem, num_classes=setup.num_classes,
+                                  **MODEL_BENCH_VARIANTS[v]).to(device) for v in variants}
+        runners = {v: torch.compile(m) if compile else m for v, m in models.items()}
+        result: dict[str, dict] = {v: {} for v in variants}
+        side = setup.input_size
+        for batch in eval_batches:
+            x = torch.randn(batch, 3, side, side, device=device)
+            for m in models.values():
+                m.eval()
+            medians = time_interleaved({v: _eval_step(r, x) for v, r in runners.items()}, device,
+                                       warmup=warmup, repeats=repeats)
+            for v, t in medians.items():
+                result[v][f"eval_b{batch}_s"] = t
+        x = torch.randn(train_batch, 3, side, side, device=device)
+        y = torch.randint(0, setup.num_classes, (train_batch,), device=device)
+        for m in models.values():
+            m.train()
+        steps = {v: _train_step(runners[v], x, y, reg_weight, models[v].parameters()) for v in variants}
+        for v, t in time_interleaved(steps, device, warmup=warmup, repeats=repeats).items():
+            result[v][f"train_b{train_batch}_s"] = t
+        for v, m in models.items():
+            result[v]["peak_bytes"] = _train_peak_bytes(m, setup, train_batch, device, reg_weight)
+        base = result[variants[0]]
+        for v in variants:
+            row = {"model": setup.name, "stem": setup.stem, "input_size": setup.input_size, "variant": v,
+                   "device": str(device), "compiled": compile, **result[v]}
+            for key, value in result[v].items():
+                stem_key = key[:-2] if key.endswith("_s") else key[: -len("_bytes")]
+                row[f"{stem_key}_ratio"] = value / base[key] if base[key] else None
+            rows.append(row)
+        del models, runners
+    return rows
+
+
+def format_model_rows(rows: Sequence[dict], markdown: bool = False) -> str:
+    """The table of `run_model_benchmark`'s rows: milliseconds, peak memory and ratios."""
+    table = []
+    for r in rows:
+        line = {"model": r["model"], "stem": r["stem"], "variant": r["variant"]}
+        for key in [k for k in r if k.startswith(("eval_b", "train_b")) and k.endswith("_s")]:
+            what, batch = key[:-2].split("_b")
+            line[f"{what}@{batch} ms"] = f"{1e3 * r[key]:.2f}"
+            line[f"x {what}@{batch}"] = f"{r[key[:-2] + '_ratio']:.2f}x"
+        line["peak mem"] = format_bytes(r["peak_bytes"])
+        line["x mem"] = f"{r['peak_ratio']:.2f}x"
+        table.append(line)
+    return format_table(table, markdown=markdown)

@@ -125,67 +125,22 @@ def convert(model: nn.Module, example_input=None, *, groups_from: str | int = "m
     """
     if sds is not None:
         pointwise = pointwise or bool(sds)
-    if not (groups_from == "module" or (isinstance(groups_from, int) and not isinstance(groups_from, bool)
-                                         and groups_from >= 1)):
-        raise ValueError(f"groups_from must be 'module' or a positive integer, got {groups_from!r}")
-    if isinstance(pointwise_groups, bool) or not isinstance(pointwise_groups, int) or pointwise_groups < 1:
-        raise ValueError(f"pointwise_groups must be a positive integer, got {pointwise_groups!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    _check_convert_args(model, groups_from, pointwise_groups)
     if not inplace:
         model = copy.deepcopy(model)
-
-    # Every occurrence (a shared module appears under several names); the first name labels it.
-    occurrences: dict[int, list[str]] = {}
-    modules: dict[int, nn.Module] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if name and (is_fixed_shuffle(module) or (pointwise and is_equal_width_pointwise(module))):
-            occurrences.setdefault(id(module), []).append(name)
-            modules[id(module)] = module
+    occurrences, modules = _find_targets(model, pointwise)
     shuffles = {key: m for key, m in modules.items() if is_fixed_shuffle(m)}
-
-    channels: dict[int, int] = {}
-    if shuffles:
-        if example_input is None:
-            names = ", ".join(occurrences[k][0] for k in shuffles)
-            raise ValueError(f"convert needs example_input: the channel counts of the shuffles ({names}) are "
-                             f"only known from a forward pass")
-        channels = _record_channels(model, shuffles, example_input)
-        unused = [occurrences[k][0] for k in shuffles if k not in channels]
-        if unused:
-            raise ValueError(f"these channel shuffles did not run in the forward with example_input, so their "
-                             f"channel counts are unknown: {', '.join(unused)}")
-        varying = [occurrences[k][0] for k in shuffles if channels[k] < 0]
-        if varying:
-            raise ValueError(f"these channel shuffles are called with different channel counts, so one "
-                             f"DynamicShuffle cannot replace them: {', '.join(varying)}")
+    channels = _shuffle_channels(model, shuffles, occurrences, example_input) if shuffles else {}
 
     report: list[Replacement] = []
     for key, module in modules.items():
         first = occurrences[key][0]
         shared = f"shared at {len(occurrences[key])} places" if len(occurrences[key]) > 1 else ""
         if key in shuffles:
-            c = channels[key]
-            groups = module.groups if groups_from == "module" else groups_from
-            if c % groups:
-                raise ValueError(f"{first}: {c} channels are not divisible by groups_from={groups}")
-            # Shuffles hold no tensors: the new module goes where the example input lives.
-            new = DynamicShuffle(c, groups, **dynamic_kwargs).to(**_input_placement(example_input))
-            old = f"{type(module).__name__}(groups={module.groups})"
-            changes = groups != module.groups or dynamic_kwargs.get("mode") == "soft"
-            note = shared
+            new, old, c, groups, changes, note = _dynamic_for_shuffle(
+                module, first, channels[key], groups_from, example_input, dynamic_kwargs, shared)
         else:
-            c = module.in_channels
-            groups = pointwise_groups if c % pointwise_groups == 0 else 1
-            new = StaticDynamicShuffle(c, groups, bias=module.bias is not None, **dynamic_kwargs)
-            new = new.to(device=module.weight.device, dtype=module.weight.dtype)
-            if module.bias is not None:
-                with torch.no_grad():
-                    new.bias.copy_(module.bias.detach().to(new.bias.dtype))
-            old = f"Conv2d({c}, {c}, kernel_size=1{', bias' if module.bias is not None else ''})"
-            changes = True
-            note = "; ".join(filter(None, [shared, f"groups 1 ({c} channels not divisible by {pointwise_groups})"
-                                           if groups != pointwise_groups else ""]))
+            new, old, c, groups, changes, note = _sds_for_pointwise(module, pointwise_groups, dynamic_kwargs, shared)
         new.train(module.training)
         n = new.dynamic if isinstance(new, StaticDynamicShuffle) else new
         description = (f"{type(new).__name__}(channels={c}, groups={groups}, factors=({n.n1}, {n.n2}), "
@@ -202,6 +157,75 @@ def convert(model: nn.Module, example_input=None, *, groups_from: str | int = "m
     for r in report:
         log.info("convert: %s: %s -> %s%s", r.name, r.old, r.new, f" ({r.note})" if r.note else "")
     return (model, report) if return_report else model
+
+
+def _check_convert_args(model, groups_from, pointwise_groups) -> None:
+    if not (groups_from == "module" or (isinstance(groups_from, int) and not isinstance(groups_from, bool)
+                                         and groups_from >= 1)):
+        raise ValueError(f"groups_from must be 'module' or a positive integer, got {groups_from!r}")
+    if isinstance(pointwise_groups, bool) or not isinstance(pointwise_groups, int) or pointwise_groups < 1:
+        raise ValueError(f"pointwise_groups must be a positive integer, got {pointwise_groups!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+
+
+def _find_targets(model: nn.Module, pointwise: bool) -> tuple[dict[int, list[str]], dict[int, nn.Module]]:
+    """Every module to replace, keyed by id, with all the names it occurs under (a shared module appears
+    under several names; the first one labels it)."""
+    occurrences: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name and (is_fixed_shuffle(module) or (pointwise and is_equal_width_pointwise(module))):
+            occurrences.setdefault(id(module), []).append(name)
+            modules[id(module)] = module
+    return occurrences, modules
+
+
+def _shuffle_channels(model: nn.Module, shuffles: dict[int, nn.Module], occurrences: dict[int, list[str]],
+                      example_input) -> dict[int, int]:
+    """Input channels of every fixed shuffle, from one forward with `example_input`; ValueError naming the
+    shuffles when there is no input, a shuffle did not run, or it ran with different channel counts."""
+    if example_input is None:
+        names = ", ".join(occurrences[k][0] for k in shuffles)
+        raise ValueError(f"convert needs example_input: the channel counts of the shuffles ({names}) are "
+                         f"only known from a forward pass")
+    channels = _record_channels(model, shuffles, example_input)
+    unused = [occurrences[k][0] for k in shuffles if k not in channels]
+    if unused:
+        raise ValueError(f"these channel shuffles did not run in the forward with example_input, so their "
+                         f"channel counts are unknown: {', '.join(unused)}")
+    varying = [occurrences[k][0] for k in shuffles if channels[k] < 0]
+    if varying:
+        raise ValueError(f"these channel shuffles are called with different channel counts, so one "
+                         f"DynamicShuffle cannot replace them: {', '.join(varying)}")
+    return channels
+
+
+def _dynamic_for_shuffle(module, first, c, groups_from, example_input, dynamic_kwargs, note):
+    """(new DynamicShuffle, old description, channels, groups, changes the function, note)."""
+    groups = module.groups if groups_from == "module" else groups_from
+    if c % groups:
+        raise ValueError(f"{first}: {c} channels are not divisible by groups_from={groups}")
+    # Shuffles hold no tensors: the new module goes where the example input lives.
+    new = DynamicShuffle(c, groups, **dynamic_kwargs).to(**_input_placement(example_input))
+    old = f"{type(module).__name__}(groups={module.groups})"
+    changes = groups != module.groups or dynamic_kwargs.get("mode") == "soft"
+    return new, old, c, groups, changes, note
+
+
+def _sds_for_pointwise(module, pointwise_groups, dynamic_kwargs, shared):
+    """(new StaticDynamicShuffle carrying the conv's bias, old description, channels, groups, True, note)."""
+    c = module.in_channels
+    groups = pointwise_groups if c % pointwise_groups == 0 else 1
+    new = StaticDynamicShuffle(c, groups, bias=module.bias is not None, **dynamic_kwargs)
+    new = new.to(device=module.weight.device, dtype=module.weight.dtype)
+    if module.bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(module.bias.detach().to(new.bias.dtype))
+    old = f"Conv2d({c}, {c}, kernel_size=1{', bias' if module.bias is not None else ''})"
+    note = "; ".join(filter(None, [shared, f"groups 1 ({c} channels not divisible by {pointwise_groups})"
+                                   if groups != pointwise_groups else ""]))
+    return new, old, c, groups, True, note
 
 
 def _input_placement(example_input) -> dict:

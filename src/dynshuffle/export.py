@@ -23,7 +23,6 @@ onnxruntime is installed), and only then renamed over `out_path`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -34,8 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .modes import deploy_mode
+from .timing import device_of, time_pair
+
 __all__ = ["export_onnx", "export_onnx_report", "verify_onnx", "benchmark_onnx", "ExportError",
-           "ExportResult", "DEFAULT_OPSET"]
+           "ExportResult", "DEFAULT_OPSET", "check_out_path", "data_metadata"]
 
 # Opset 17 for the TorchScript exporter (every onnxruntime since 1.14 runs it); the torch.export-based
 # exporter emits opset 18 natively and its down-conversion to 17 fails on this graph (Reduce* axes).
@@ -66,7 +68,7 @@ class ExportResult:
     metadata: dict = field(default_factory=dict)
 
 
-def _check_out_path(out_path: str | os.PathLike, force: bool) -> Path:
+def check_out_path(out_path: str | os.PathLike, force: bool) -> Path:
     """Refuse bad output paths before any work is done, so a failure never leaves a partial file."""
     out = Path(out_path)
     parent = out.parent
@@ -79,6 +81,9 @@ def _check_out_path(out_path: str | os.PathLike, force: bool) -> Path:
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite it")
     return out
+
+
+_check_out_path = check_out_path  # the old private name, still imported by commands/export.py
 
 
 def data_metadata(checkpoint_meta: dict) -> dict:
@@ -99,7 +104,7 @@ def data_metadata(checkpoint_meta: dict) -> dict:
 def _load(model_or_path) -> tuple[nn.Module, dict]:
     if isinstance(model_or_path, nn.Module):
         return model_or_path, {}
-    from dynshuffle.training.checkpoint import build_model_from_checkpoint
+    from .checkpoints import build_model_from_checkpoint
 
     return build_model_from_checkpoint(model_or_path, "cpu")
 
@@ -118,29 +123,6 @@ def _input_shape(model: nn.Module, input_size: int | None) -> tuple[int, int, in
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise ValueError(f"input size must be a positive integer, got {input_size!r}")
     return TRACE_BATCH, in_channels, input_size, input_size
-
-
-@contextlib.contextmanager
-def inference_mode_of(model: nn.Module):
-    """Eval mode and every learned/dynamic shuffle on its exact-permutation path; restored afterwards."""
-    from dynshuffle.layers import shuffle_modules
-
-    was_training = model.training
-    modes = [(m, m.mode) for m in shuffle_modules(model)]
-    model.eval()
-    for m, _ in modes:
-        m.mode = "hard"
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.mode = mode
-        model.train(was_training)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _export_graph(model: nn.Module, sample: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
@@ -202,9 +184,9 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     """
     session = _ort_session(path)
     g = torch.Generator().manual_seed(seed)
-    device = _device_of(model)
+    device = device_of(model)
     worst = 0.0
-    with inference_mode_of(model), torch.no_grad():
+    with deploy_mode(model), torch.no_grad():
         for b in batches:
             x = torch.randn((b, *input_shape[1:]), generator=g)
             ref = model(x.to(device)).float().cpu()
@@ -228,7 +210,7 @@ def export_onnx_report(model_or_checkpoint_path, out_path: str | os.PathLike, in
 
     `metadata`: extra entries for the ONNX file's metadata_props (e.g. the checkpoint a model came from).
     """
-    out = _check_out_path(out_path, force)
+    out = check_out_path(out_path, force)
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     opset = DEFAULT_OPSET[exporter] if opset is None else opset
@@ -255,10 +237,10 @@ def export_onnx_report(model_or_checkpoint_path, out_path: str | os.PathLike, in
     metadata.update(extra_metadata or {})
 
     start = time.perf_counter()
-    sample = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(_device_of(model))
+    sample = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device_of(model))
     max_diff, batches = None, ()
     with atomic_path(out) as tmp:
-        with inference_mode_of(model):
+        with deploy_mode(model):
             _export_graph(model, sample, tmp, opset, exporter)
         opset = _add_metadata(tmp, metadata)
         try:
@@ -304,15 +286,13 @@ def benchmark_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, b
                    repeats: int = 15, threads: int | None = None) -> list[dict]:
     """Median latency of onnxruntime (CPU) and of the PyTorch model (eager, its inference path) per batch.
 
-    The two are timed alternately in the same loop (`dynshuffle.benchmark.time_pair`) so that load from
+    The two are timed alternately in the same loop (`dynshuffle.timing.time_pair`) so that load from
     other processes hits both alike, each with `threads` threads (default torch's current count).
     On a machine shared with other jobs use threads=1: OpenMP threads that wait for a preempted peer
     slow PyTorch down by up to 100x there (measured on 2 shared cores), which says nothing about the
     model. Returns rows {"batch", "threads", "onnxruntime_ms", "pytorch_ms", "ratio"} (ratio =
     onnxruntime / PyTorch). Indicative only on a shared machine.
     """
-    from dynshuffle.benchmark import time_pair
-
     previous = torch.get_num_threads()
     threads = threads or previous
     session = _ort_session(path, threads)
@@ -320,7 +300,7 @@ def benchmark_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, b
     rows = []
     torch.set_num_threads(threads)
     try:
-        with inference_mode_of(model), torch.no_grad():
+        with deploy_mode(model), torch.no_grad():
             for b in batches:
                 x = torch.randn(b, in_channels, input_size, input_size)
                 feed = {INPUT_NAME: x.numpy()}

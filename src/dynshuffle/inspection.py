@@ -16,9 +16,7 @@ exact-permutation path by default: the statistics describe what the deployed mod
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,9 +24,11 @@ from torch import Tensor, nn
 
 from . import functional as DF
 from .layers import DynamicShuffle, LearnedShuffle, shuffle_modules
+from .modes import shuffle_mode
+from .timing import device_of
 
 __all__ = ["permutation_stats", "shuffle_layers", "collect_inputs", "matrices_for_inputs", "soft_full_matrix",
-           "hard_full_matrix", "pairwise_agreement", "NoShuffleModulesError"]
+           "hard_full_matrix", "pairwise_agreement", "NoShuffleModulesError", "require_layers"]
 
 
 class NoShuffleModulesError(ValueError):
@@ -44,7 +44,8 @@ def shuffle_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if id(m) in wanted}
 
 
-def _require_layers(model: nn.Module) -> dict[str, nn.Module]:
+def require_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """`shuffle_layers(model)`, or NoShuffleModulesError (naming the model's shuffle) when it is empty."""
     layers = shuffle_layers(model)
     if not layers:
         cfg = getattr(model, "config", None) or {}
@@ -54,38 +55,20 @@ def _require_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _eval_with_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Eval mode with every shuffle module in `mode` ("hard" or "soft"), restored afterwards."""
-    was_training = model.training
-    saved = [(m, m.mode) for m in shuffle_modules(model)]
-    model.eval()
-    for m, _ in saved:
-        m.mode = mode
-    try:
-        yield
-    finally:
-        for m, old in saved:
-            m.mode = old
-        model.train(was_training)
+_require_layers = require_layers  # the old private name, still imported by plots.py and commands/show.py
 
 
 def collect_inputs(model: nn.Module, images: Tensor, mode: str = "hard") -> dict[str, Tensor]:
     """The input each shuffle module sees when `model(images)` runs (eval, `mode` path): {name: tensor}."""
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', got {mode!r}")
-    layers = _require_layers(model)
+    layers = require_layers(model)
     seen: dict[str, Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0].detach()))
                for name, m in layers.items()]
     try:
-        with _eval_with_mode(model, mode), torch.no_grad():
-            model(images.to(_device_of(model)))
+        with shuffle_mode(model, mode, training=False), torch.no_grad():
+            model(images.to(device_of(model)))
     finally:
         for h in handles:
             h.remove()
@@ -169,6 +152,21 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
             K x K; the diagonal averages pairs of distinct samples of one class, NaN if it has one),
             within_class, between_class (means of the diagonal / off-diagonal entries).
     """
+    labels = _check_stats_inputs(images, labels, batch_size)
+    layers = require_layers(model)
+    perms, sums = _accumulate(model, layers, images, batch_size, mode)
+    n = images.shape[0]
+    result: dict[str, dict] = {}
+    for name, module in layers.items():
+        stats = _layer_stats(module, torch.cat(perms[name]), sums[name], n, labels)
+        if keep_permutations:
+            stats["permutations"] = torch.cat(perms[name])
+        result[name] = stats
+    return result
+
+
+def _check_stats_inputs(images, labels, batch_size) -> Tensor | None:
+    """Validate `permutation_stats`' arguments; returns the labels as a flat tensor (or None)."""
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor (N, C, H, W) normalised as the model expects, got "
@@ -180,14 +178,18 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
         labels = torch.as_tensor(labels).reshape(-1)
         if labels.shape[0] != n:
             raise ValueError(f"got {labels.shape[0]} labels for {n} images")
-    layers = _require_layers(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return labels
 
+
+def _accumulate(model: nn.Module, layers: dict[str, nn.Module], images: Tensor, batch_size: int,
+                mode: str) -> tuple[dict[str, list[Tensor]], dict[str, dict[str, float]]]:
+    """Each layer's permutations (one tensor per batch) and the sums of its soft-matrix statistics."""
     perms: dict[str, list[Tensor]] = {name: [] for name in layers}
     sums = {name: {"row_max_a": 0.0, "row_max_b": 0.0, "penalty": 0.0, "min_row_max_a": 1.0,
                    "min_row_max_b": 1.0} for name in layers}
-    for start in range(0, n, batch_size):
+    for start in range(0, images.shape[0], batch_size):
         inputs = collect_inputs(model, images[start:start + batch_size], mode)
         for name, module in layers.items():
             x = inputs[name]
@@ -196,43 +198,41 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
             s = sums[name]
             for key, m in (("a", a), ("b", b)):
                 row_max = m.amax(-1).float()
-                # Per sample: mean over (groups and) rows; summed over samples here, divided by n below.
+                # Per sample: mean over (groups and) rows; summed over samples here, divided by n later.
                 s[f"row_max_{key}"] += float(row_max.reshape(row_max.shape[0], -1).mean(1).sum())
                 s[f"min_row_max_{key}"] = min(s[f"min_row_max_{key}"], float(row_max.min()))
             pen = DF.orthogonality_penalty(a).reshape(a.shape[0], -1).mean(1) \
                 + DF.orthogonality_penalty(b).reshape(b.shape[0], -1).mean(1)
             s["penalty"] += float(pen.sum())
+    return perms, sums
 
-    result: dict[str, dict] = {}
-    for name, module in layers.items():
-        p = torch.cat(perms[name])
-        fixed = DF.channel_shuffle_index(module.channels, module.groups)
-        stats = {
-            "kind": "dynamic" if isinstance(module, DynamicShuffle) else
-                    "learned" if isinstance(module, LearnedShuffle) else type(module).__name__,
-            "channels": module.channels, "groups": module.groups, "n1": module.n1, "n2": module.n2,
-            "samples": n,
-            "row_max_a": sums[name]["row_max_a"] / n, "row_max_b": sums[name]["row_max_b"] / n,
-            "min_row_max_a": sums[name]["min_row_max_a"], "min_row_max_b": sums[name]["min_row_max_b"],
-            "penalty": sums[name]["penalty"] / n,
-            "fixed_fraction": float((p == fixed).all(1).float().mean()),
-            "fixed_channel_agreement": float((p == fixed).float().mean()),
-            "distinct": int(torch.unique(p, dim=0).shape[0]),
-            "agreement": _mean_pairwise_agreement(p),
-        }
-        if labels is not None:
-            matrix, classes = _class_agreement(p, labels)
-            off = ~np.eye(len(classes), dtype=bool)
-            diag = np.diagonal(matrix)
-            stats.update({
-                "classes": classes, "class_agreement": matrix,
-                "within_class": float(np.nanmean(diag)) if np.isfinite(diag).any() else math.nan,
-                "between_class": float(matrix[off].mean()) if off.any() else math.nan,
-            })
-        if keep_permutations:
-            stats["permutations"] = p
-        result[name] = stats
-    return result
+
+def _layer_stats(module: nn.Module, p: Tensor, sums: dict[str, float], n: int, labels: Tensor | None) -> dict:
+    """The statistics of one layer from its permutations `p` (N, C) and its summed soft statistics."""
+    fixed = DF.channel_shuffle_index(module.channels, module.groups)
+    stats = {
+        "kind": "dynamic" if isinstance(module, DynamicShuffle) else
+                "learned" if isinstance(module, LearnedShuffle) else type(module).__name__,
+        "channels": module.channels, "groups": module.groups, "n1": module.n1, "n2": module.n2,
+        "samples": n,
+        "row_max_a": sums["row_max_a"] / n, "row_max_b": sums["row_max_b"] / n,
+        "min_row_max_a": sums["min_row_max_a"], "min_row_max_b": sums["min_row_max_b"],
+        "penalty": sums["penalty"] / n,
+        "fixed_fraction": float((p == fixed).all(1).float().mean()),
+        "fixed_channel_agreement": float((p == fixed).float().mean()),
+        "distinct": int(torch.unique(p, dim=0).shape[0]),
+        "agreement": _mean_pairwise_agreement(p),
+    }
+    if labels is not None:
+        matrix, classes = _class_agreement(p, labels)
+        off = ~np.eye(len(classes), dtype=bool)
+        diag = np.diagonal(matrix)
+        stats.update({
+            "classes": classes, "class_agreement": matrix,
+            "within_class": float(np.nanmean(diag)) if np.isfinite(diag).any() else math.nan,
+            "between_class": float(matrix[off].mean()) if off.any() else math.nan,
+        })
+    return stats
 
 
 def soft_full_matrix(a: Tensor, b: Tensor, groups: int) -> Tensor:
@@ -260,7 +260,7 @@ def matrices_for_inputs(model: nn.Module, images: Tensor, mode: str = "hard") ->
     "perm": (N, C)}} on the CPU.
     """
     out: dict[str, dict[str, Tensor]] = {}
-    layers = _require_layers(model)
+    layers = require_layers(model)
     inputs = collect_inputs(model, images, mode)
     for name, module in layers.items():
         x = inputs[name]

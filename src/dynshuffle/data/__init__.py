@@ -7,7 +7,8 @@ float32 (with random crop + flip for 32x32 training data), on CPU or GPU. See do
 from __future__ import annotations
 
 from .errors import DataError
-from .registry import DatasetSpec, build_datasets, get_dataset_spec, list_datasets
+from .registry import build_datasets, get_dataset_spec, list_datasets
+from .spec import DatasetSpec
 from .transforms import BatchTransform
 
 __all__ = ["BatchTransform", "DataError", "DatasetSpec", "build_datasets", "get_dataset_spec", "list_datasets"]

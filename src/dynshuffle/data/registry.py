@@ -3,32 +3,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
 from .cifar import load_cifar
 from .digits import load_digits_splits
 from .folders import load_imagenet, load_tiny_imagenet
+from .spec import DatasetSpec
+
+__all__ = ["DatasetSpec", "list_datasets", "get_dataset_spec", "build_datasets"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a model and the batch transform need to know about a dataset.
-
-    `stem` names the model stem suited to the resolution: "cifar" (32x32), "tiny" (64x64) or
-    "imagenet" (224x224). `mean`/`std` are per-channel, in [0, 1] pixel units.
-    """
-
-    name: str
-    num_classes: int
-    image_size: int
-    stem: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 Loader = Callable[[DatasetSpec, str | os.PathLike | None, bool], tuple[Dataset, Dataset]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 from torch import nn
 
-if TYPE_CHECKING:
-    from .registry import DatasetSpec
+from .spec import DatasetSpec
 
 
 class SampleTransform(Protocol):

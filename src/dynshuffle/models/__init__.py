@@ -5,7 +5,8 @@
 """
 from __future__ import annotations
 
-from .registry import create_model, list_models, load_compatible_state_dict, model_from_config, register_model
+from ..checkpoints import load_compatible_state_dict  # re-exported: the home is dynshuffle.checkpoints
+from .registry import create_model, list_models, model_from_config, register_model
 from .shufflenet_v1 import ShuffleNetV1, ShuffleV1Unit, v1_supported
 from .shufflenet_v2 import ShuffleNetV2, ShuffleV2Unit
 from ._blocks import POINTWISE_KINDS, SHUFFLE_KINDS, STEM_INPUT_SIZE, STEMS

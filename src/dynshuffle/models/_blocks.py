@@ -33,15 +33,15 @@ FactorsArg = Union[None, int, tuple, Mapping, Callable[[int], tuple]]
 HiddenArg = Union[None, int, Callable[[int, int, int], int]]
 
 
-def shufflenet_default_hidden(channels: int, n1: int, n2: int) -> int:
+def shufflenet_default_hidden() -> int:
     """Generator width of every dynamic / SDS module of a ShuffleNet when `hidden` is not given: 4.
 
     The layer's own default (`layers.default_hidden`, at least 8) is sized for one module; a ShuffleNet
     carries 16 of them, its heads cost d * (n1² + n2²) parameters each, and ShuffleNetV2's widths contain
     large primes (116 = 4 x 29, 244 = 4 x 61: with G = 2 every head has n2 = 29 at 1.0x, 61 at 2.0x).
     With d = 8 a dynamic V2 1.0x / 2.0x on a 10- or 100-class task (no 1000-way classifier to dilute the
-    count) exceeds DESIGN's 10 % parameter budget (12.5 % / 11.4 % at 10 classes), and so does a V1 0.25x
-    (13.5 %). d = 4 keeps every V2 width under 7 % and every V1 under 8 %, at any class count
+    count) exceeds the 10 % parameter budget of docs/design.md §6 (12.5 % / 11.4 % at 10 classes), and so
+    does a V1 0.25x (13.5 %). d = 4 keeps every V2 width under 7 % and every V1 under 8 %, at any class count
     (docs/models.md has the table).
     """
     return DEFAULT_HIDDEN
@@ -129,7 +129,7 @@ class ShuffleOptions:
     groups: int = 2
     factors: FactorsArg = None
     hidden: HiddenArg = None
-    default_hidden: Callable[[int, int, int], int] | None = None
+    default_hidden: int | None = None
     temperature: float = 1.0
     share: bool = True
     layer_options: Mapping[str, Any] | None = None
@@ -177,7 +177,7 @@ class ShuffleOptions:
 
     def resolve_hidden(self, channels: int, n1: int, n2: int) -> int | None:
         if self.hidden is None:
-            return None if self.default_hidden is None else int(self.default_hidden(channels, n1, n2))
+            return self.default_hidden
         if callable(self.hidden):
             return int(self.hidden(channels, n1, n2))
         return int(self.hidden)

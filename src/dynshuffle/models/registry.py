@@ -1,4 +1,4 @@
-"""Model registry (`create_model`, `list_models`, `register_model`) and checkpoint helpers.
+"""Model registry: `create_model`, `list_models`, `register_model`, `model_from_config`.
 
 A model built through the registry records `model.config`: its constructor arguments plus the registry
 `name`, so `model_from_config(model.config)` (or a checkpoint that stores the config) rebuilds it.
@@ -10,7 +10,6 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -80,58 +79,10 @@ def model_from_config(config: Mapping[str, Any]) -> nn.Module:
     return create_model(config["name"], **kwargs)
 
 
-def _parametric_shuffle_prefixes(model: nn.Module) -> list[str]:
-    from ..layers import DynamicShuffle, LearnedShuffle, StaticDynamicShuffle
+def __getattr__(name: str):
+    # Checkpoint compatibility lives in dynshuffle.checkpoints; the old names still resolve here.
+    if name in ("state_dict_mismatch", "load_compatible_state_dict"):
+        from .. import checkpoints
 
-    kinds = (DynamicShuffle, LearnedShuffle, StaticDynamicShuffle)
-    return [name + "." for name, m in model.named_modules() if name and isinstance(m, kinds)]
-
-
-def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], allow_missing_shuffle: bool = False) -> str:
-    """Why `state` does not fit `model` (missing / unexpected keys, shape mismatches), or "" when it fits.
-
-    `allow_missing_shuffle`: tensors under a DynamicShuffle / LearnedShuffle / StaticDynamicShuffle may be
-    absent (a fixed-shuffle checkpoint loaded into a dynamic model).
-    """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    if allow_missing_shuffle:
-        prefixes = tuple(_parametric_shuffle_prefixes(model))
-        missing = [k for k in missing if not k.startswith(prefixes)]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        what = "missing keys (not part of a shuffle module)" if allow_missing_shuffle else "missing keys"
-        problems.append(f"{what}: {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_short(mismatched)}")
-    return "; ".join(problems)
-
-
-def load_compatible_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Load `state_dict` into `model`, allowing only the model's shuffle-module tensors to be missing.
-
-    This is how a fixed-shuffle checkpoint becomes the starting point of a learned or dynamic model of the
-    same architecture: every convolution, BatchNorm and classifier tensor must match by name and shape;
-    the tensors under a DynamicShuffle / LearnedShuffle / StaticDynamicShuffle (generator, logits,
-    static factors) may be absent and then keep their fresh initialisation, which makes the module
-    start as the fixed shuffle. Any other missing key, any unexpected key, or a shape mismatch raises
-    ValueError naming the keys. A `module.` prefix (DataParallel/DDP) on every key is removed.
-    """
-    state = dict(state_dict)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    problems = state_dict_mismatch(model, state, allow_missing_shuffle=True)
-    if problems:
-        raise ValueError("state dict does not fit the model; " + problems)
-    model.load_state_dict(state, strict=False)
-    return model
-
-
-def _short(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,27 @@ from ._blocks import (
 from .registry import register_model
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Unit", "V1_GROUPS", "V1_WIDTHS", "v1_stage_widths", "v1_stem_channels",
-           "v1_supported"]
+           "v1_supported",
+           "shufflenet_v1_g1_x0_25",
+           "shufflenet_v1_g1_x0_5",
+           "shufflenet_v1_g1_x1_0",
+           "shufflenet_v1_g1_x1_5",
+           "shufflenet_v1_g1_x2_0",
+           "shufflenet_v1_g2_x1_0",
+           "shufflenet_v1_g2_x2_0",
+           "shufflenet_v1_g3_x0_25",
+           "shufflenet_v1_g3_x0_5",
+           "shufflenet_v1_g3_x1_0",
+           "shufflenet_v1_g3_x1_5",
+           "shufflenet_v1_g3_x2_0",
+           "shufflenet_v1_g4_x1_0",
+           "shufflenet_v1_g4_x2_0",
+           "shufflenet_v1_g8_x0_25",
+           "shufflenet_v1_g8_x0_5",
+           "shufflenet_v1_g8_x1_0",
+           "shufflenet_v1_g8_x1_5",
+           "shufflenet_v1_g8_x2_0",
+           ]
 
 # groups -> stage widths at 1.0x (the paper's Table 1).
 V1_STAGE_WIDTHS: dict[int, tuple[int, int, int]] = {
@@ -172,7 +192,7 @@ class ShuffleNetV1(ShuffleNetBase):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         options = ShuffleOptions(shuffle, pointwise, groups if shuffle_groups is None else shuffle_groups,
-                                 factors, hidden, shufflenet_default_hidden, temperature, share,
+                                 factors, hidden, shufflenet_default_hidden(), temperature, share,
                                  layer_options)
         self.config = {
             "name": f"shufflenet_v1_g{groups}_{width_tag(width)}", "arch": "shufflenet_v1", "groups": groups,
@@ -207,24 +227,128 @@ class ShuffleNetV1(ShuffleNetBase):
         init_weights(self, self.conv1[0])
 
 
-def _register(groups: int, width: float):
+def _build(groups: int, width: float, kwargs: dict) -> ShuffleNetV1:
+    """The ShuffleNetV1 of a registered (groups, width) variant; `groups`/`width` in `kwargs` must agree."""
     name = f"shufflenet_v1_g{groups}_{width_tag(width)}"
-
-    def factory(**kwargs) -> ShuffleNetV1:
-        for key, fixed in (("groups", groups), ("width", width)):
-            given = kwargs.pop(key, fixed)
-            if given != fixed:
-                raise ValueError(f"{name} has {key} {fixed:g}; got {key}={given!r}")
-        return ShuffleNetV1(groups, width, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"ShuffleNetV1 {width}x, g = {groups}; keyword arguments as `ShuffleNetV1`."
-    return register_model(factory, name=name)
+    for key, fixed in (("groups", groups), ("width", width)):
+        given = kwargs.pop(key, fixed)
+        if given != fixed:
+            raise ValueError(f"{name} has {key} {fixed:g}; got {key}={given!r}")
+    return ShuffleNetV1(groups, width, **kwargs)
 
 
-for _g in V1_GROUPS:
-    for _w in V1_WIDTHS:
-        if v1_supported(_g, _w):
-            globals()[f"shufflenet_v1_g{_g}_{width_tag(_w)}"] = _register(_g, _w)
-            __all__.append(f"shufflenet_v1_g{_g}_{width_tag(_w)}")
-del _g, _w
+# One registered definition per variant: every (groups, width) pair for which `v1_supported` holds.
+
+
+@register_model
+def shufflenet_v1_g1_x0_25(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 0.25x, g = 1; keyword arguments as `ShuffleNetV1`."""
+    return _build(1, 0.25, kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x0_5(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 0.5x, g = 1; keyword arguments as `ShuffleNetV1`."""
+    return _build(1, 0.5, kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x1_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1x, g = 1; keyword arguments as `ShuffleNetV1`."""
+    return _build(1, 1.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x1_5(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1.5x, g = 1; keyword arguments as `ShuffleNetV1`."""
+    return _build(1, 1.5, kwargs)
+
+
+@register_model
+def shufflenet_v1_g1_x2_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 2x, g = 1; keyword arguments as `ShuffleNetV1`."""
+    return _build(1, 2.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x1_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1x, g = 2; keyword arguments as `ShuffleNetV1`."""
+    return _build(2, 1.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g2_x2_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 2x, g = 2; keyword arguments as `ShuffleNetV1`."""
+    return _build(2, 2.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x0_25(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 0.25x, g = 3; keyword arguments as `ShuffleNetV1`."""
+    return _build(3, 0.25, kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x0_5(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 0.5x, g = 3; keyword arguments as `ShuffleNetV1`."""
+    return _build(3, 0.5, kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x1_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1x, g = 3; keyword arguments as `ShuffleNetV1`."""
+    return _build(3, 1.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x1_5(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1.5x, g = 3; keyword arguments as `ShuffleNetV1`."""
+    return _build(3, 1.5, kwargs)
+
+
+@register_model
+def shufflenet_v1_g3_x2_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 2x, g = 3; keyword arguments as `ShuffleNetV1`."""
+    return _build(3, 2.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x1_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1x, g = 4; keyword arguments as `ShuffleNetV1`."""
+    return _build(4, 1.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g4_x2_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 2x, g = 4; keyword arguments as `ShuffleNetV1`."""
+    return _build(4, 2.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x0_25(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 0.25x, g = 8; keyword arguments as `ShuffleNetV1`."""
+    return _build(8, 0.25, kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x0_5(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 0.5x, g = 8; keyword arguments as `ShuffleNetV1`."""
+    return _build(8, 0.5, kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x1_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1x, g = 8; keyword arguments as `ShuffleNetV1`."""
+    return _build(8, 1.0, kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x1_5(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 1.5x, g = 8; keyword arguments as `ShuffleNetV1`."""
+    return _build(8, 1.5, kwargs)
+
+
+@register_model
+def shufflenet_v1_g8_x2_0(**kwargs) -> ShuffleNetV1:
+    """ShuffleNetV1 2x, g = 8; keyword arguments as `ShuffleNetV1`."""
+    return _build(8, 2.0, kwargs)

@@ -128,7 +128,7 @@ class ShuffleNetV2(ShuffleNetBase):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         options = ShuffleOptions(shuffle, pointwise, 2 if shuffle_groups is None else shuffle_groups,
-                                 factors, hidden, shufflenet_default_hidden, temperature, share,
+                                 factors, hidden, shufflenet_default_hidden(), temperature, share,
                                  layer_options)
         self.config = {
             "name": f"shufflenet_v2_{width_tag(width)}", "arch": "shufflenet_v2", "width": width,
@@ -161,21 +161,33 @@ class ShuffleNetV2(ShuffleNetBase):
         init_weights(self, self.conv1[0])
 
 
-def _register(width: float):
-    name = f"shufflenet_v2_{width_tag(width)}"
-
-    def factory(**kwargs) -> ShuffleNetV2:
-        given = kwargs.pop("width", width)
-        if given != width:
-            raise ValueError(f"{name} has width {width}; got width={given!r}")
-        return ShuffleNetV2(width, **kwargs)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"ShuffleNetV2 {width}x; keyword arguments as `ShuffleNetV2`."
-    return register_model(factory, name=name)
+def _build(width: float, kwargs: dict) -> ShuffleNetV2:
+    """The ShuffleNetV2 of a registered width; a `width` in `kwargs` must agree."""
+    given = kwargs.pop("width", width)
+    if given != width:
+        raise ValueError(f"shufflenet_v2_{width_tag(width)} has width {width}; got width={given!r}")
+    return ShuffleNetV2(width, **kwargs)
 
 
-shufflenet_v2_x0_5 = _register(0.5)
-shufflenet_v2_x1_0 = _register(1.0)
-shufflenet_v2_x1_5 = _register(1.5)
-shufflenet_v2_x2_0 = _register(2.0)
+@register_model
+def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
+    """ShuffleNetV2 0.5x; keyword arguments as `ShuffleNetV2`."""
+    return _build(0.5, kwargs)
+
+
+@register_model
+def shufflenet_v2_x1_0(**kwargs) -> ShuffleNetV2:
+    """ShuffleNetV2 1.0x; keyword arguments as `ShuffleNetV2`."""
+    return _build(1.0, kwargs)
+
+
+@register_model
+def shufflenet_v2_x1_5(**kwargs) -> ShuffleNetV2:
+    """ShuffleNetV2 1.5x; keyword arguments as `ShuffleNetV2`."""
+    return _build(1.5, kwargs)
+
+
+@register_model
+def shufflenet_v2_x2_0(**kwargs) -> ShuffleNetV2:
+    """ShuffleNetV2 2.0x; keyword arguments as `ShuffleNetV2`."""
+    return _build(2.0, kwargs)

@@ -1,197 +1,21 @@
-"""Checkpoints: weights in safetensors, training state in a torch file, both written atomically.
-
-A checkpoint named `last` is two files in the run folder:
-
-* `last.safetensors`: the model's state_dict (contiguous CPU clones, so tied tensors save fine), with
-  metadata `epoch`, `model_config` (JSON: the `create_model` arguments, enough to rebuild the model
-  from this one file) and `config` (JSON: the resolved training config).
-* `last.state.pt`: optimizer, LR scheduler, GradScaler, RNG states (python, numpy, torch, cuda), the
-  epoch, the best top-1 so far, the per-epoch log rows, and the config. Loaded with
-  `torch.load(weights_only=True)`: only tensors and plain containers, no pickled code.
-
-Both files are written to temporary names first and renamed one after the other, so a crash at any
-point leaves the previous pair in place; the shared `epoch` detects a mismatched pair.
-"""
+"""Checkpoint files of a training run: re-exported from `dynshuffle.checkpoints`, their one home."""
 from __future__ import annotations
 
-import json
-import os
-import random
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
-
-from dynshuffle.utils import atomic_open, atomic_path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, or not what it should be (the message names the file)."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    # Clones: safetensors refuses tensors that share storage (tied weights, views).
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()}
-
-
-def model_config_of(model: nn.Module) -> dict | None:
-    cfg = getattr(unwrap(model), "config", None)
-    return dict(cfg) if isinstance(cfg, dict) else None
-
-
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write the model's weights to `path` atomically (safetensors)."""
-    from safetensors.torch import save_file
-
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    with atomic_path(path) as tmp:
-        save_file(_cpu_state_dict(model), str(tmp), metadata=meta)
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # numpy's state as plain values, so the file loads with weights_only=True
-        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(run_dir: str | Path, name: str, model: nn.Module, state: dict, config: dict | None = None) -> None:
-    """Write `<name>.safetensors` and `<name>.state.pt` into `run_dir`, each atomically, renamed together.
-
-    `state` must hold `epoch`; `config` (the training config as a dict) goes into both files.
-    """
-    run_dir = Path(run_dir)
-    weights, state_file = run_dir / f"{name}.safetensors", run_dir / f"{name}.state.pt"
-    metadata = {"epoch": str(int(state["epoch"])), "format": "dynshuffle-checkpoint-1"}
-    model_cfg = model_config_of(model)
-    if model_cfg is not None:
-        metadata["model_config"] = json.dumps(model_cfg)
-    if config is not None:
-        metadata["config"] = json.dumps(config)
-    from safetensors.torch import save_file
-
-    # Both temporary files are complete before either rename: a crash leaves the old pair.
-    with atomic_path(weights) as tmp_weights, atomic_open(state_file, "wb") as fh:
-        save_file(_cpu_state_dict(model), str(tmp_weights), metadata=metadata)
-        torch.save({**state, "config": config, "model_config": model_cfg}, fh)
-
-
-def _resolve(path: str | Path) -> tuple[Path, Path]:
-    """(weights, state) paths for a run folder, a `.safetensors` file, or a `.state.pt` file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.safetensors"
-    if path.name.endswith(".state.pt"):
-        return path.with_name(path.name[: -len(".state.pt")] + ".safetensors"), path
-    if path.suffix == ".safetensors":
-        return path, path.with_name(path.name[: -len(".safetensors")] + ".state.pt")
-    raise CheckpointError(f"{path}: expected a run folder, a .safetensors or a .state.pt file")
-
-
-def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, metadata) of a safetensors checkpoint; metadata JSON values decoded."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    except Exception as err:  # safetensors raises its own error types for bad headers and short files
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint (truncated or corrupt?): {err}") from None
-    decoded: dict[str, Any] = {}
-    for k, v in meta.items():
-        try:
-            decoded[k] = json.loads(v) if k in ("model_config", "config") else v
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{path}: metadata {k!r} is not valid JSON") from None
-    return tensors, decoded
-
-
-def load_state(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint state not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, garbage bytes, wrong pickle...
-        raise CheckpointError(f"{path}: not a readable training state (truncated or corrupt?): {err}") from None
-    if not isinstance(state, dict) or "epoch" not in state:
-        raise CheckpointError(f"{path}: not a dynshuffle training state (no 'epoch')")
-    return state
-
-
-def load_checkpoint(path: str | Path, with_state: bool = True) -> tuple[dict, dict, dict | None]:
-    """(state_dict, metadata, state or None) of the checkpoint at `path` (run folder, .safetensors or .state.pt).
-
-    Raises FileNotFoundError when a file is missing and CheckpointError (a ValueError) naming the file
-    when one is corrupt or the pair does not belong together.
-    """
-    weights_path, state_path = _resolve(path)
-    tensors, meta = load_weights(weights_path)
-    state = None
-    if with_state:
-        state = load_state(state_path)
-        if "epoch" in meta and str(state["epoch"]) != meta["epoch"]:
-            raise CheckpointError(f"{weights_path} (epoch {meta['epoch']}) and {state_path} "
-                                  f"(epoch {state['epoch']}) are not from the same save")
-    return tensors, meta, state
-
-
-def load_model_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """Copy `tensors` into `model`, with a clear error naming `source` on missing/unexpected keys or shapes."""
-    from dynshuffle.models.registry import state_dict_mismatch
-
-    target = unwrap(model)
-    problems = state_dict_mismatch(target, tensors)
-    if problems:
-        raise CheckpointError(f"{source}: weights do not fit the model ({problems})")
-    target.load_state_dict(tensors)
-
-
-def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model recorded in a checkpoint's metadata and load its weights; returns (model, metadata)."""
-    weights_path, _ = _resolve(path)
-    tensors, meta = load_weights(weights_path)
-    model_cfg = meta.get("model_config")
-    if not model_cfg:
-        raise CheckpointError(f"{weights_path}: no model_config in the metadata; cannot rebuild the model")
-    from dynshuffle.models.registry import model_from_config
-
-    if isinstance(model_cfg.get("factors"), list):  # JSON turned the tuple into a list
-        model_cfg = {**model_cfg, "factors": tuple(model_cfg["factors"])}
-    model = model_from_config(model_cfg)
-    load_model_weights(model, tensors, weights_path)
-    return model.to(device).eval(), meta
+from dynshuffle.checkpoints import (  # noqa: F401
+    CheckpointError,
+    build_model_from_checkpoint,
+    checkpoint_files,
+    cpu_state_dict,
+    load_checkpoint,
+    load_compatible_state_dict,
+    load_model_weights,
+    load_state,
+    load_weights,
+    model_config_of,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+    state_dict_mismatch,
+    unwrap,
+)
