@@ -42,8 +42,10 @@ def test_initial_soft_matrices_do_not_depend_on_the_temperature(cls, temperature
     a, b = scaled.soft_factors(x)
     torch.testing.assert_close(a, a_ref)
     torch.testing.assert_close(b, b_ref)
-    # The diagonal holds the requested confidence, whatever the temperature.
-    torch.testing.assert_close(torch.diagonal(a, dim1=-2, dim2=-1), torch.full_like(a.diagonal(dim1=-2, dim2=-1), 0.8))
+    # The diagonal holds 1/n + confidence * (1 - 1/n), whatever the temperature.
+    n1 = a.shape[-1]
+    expected = torch.full_like(a.diagonal(dim1=-2, dim2=-1), 1 / n1 + 0.8 * (1 - 1 / n1))
+    torch.testing.assert_close(torch.diagonal(a, dim1=-2, dim2=-1), expected)
     assert torch.equal(scaled.hard_index(x), reference.hard_index(x))
 
 

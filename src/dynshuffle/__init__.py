@@ -21,6 +21,7 @@ _LAZY = {
     "orthogonality_loss": "dynshuffle.layers",
     "set_shuffle_mode": "dynshuffle.layers",
     "shuffle_modules": "dynshuffle.layers",
+    "fuse_for_inference": "dynshuffle.layers",
     "shuffle_mode": "dynshuffle.modes",
     "deploy_mode": "dynshuffle.modes",
     "ShuffleSchedule": "dynshuffle.schedule",

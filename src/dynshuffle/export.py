@@ -1,15 +1,12 @@
 """Export a model's inference graph to ONNX, checked and verified before it replaces anything.
 
-What is exported is the deployable model: eval mode, every learned/dynamic shuffle on its exact
-permutation path, so each module becomes its generator (pool, linear, BN, ReLU, two heads), the
-binarization of the two small score matrices, and one gather over channels. No soft matrix, no
-multiply-add for the shuffle itself.
+What is exported is the fused inference form (`dynshuffle.fuse_for_inference` of a copy): per shuffle
+module one pooling, two GEMMs (BatchNorm folded into the first, one head for A and B), one softmax, one
+argmax, the two sorts of the branch-free binarization (`functional.ranked_columns`), two table gathers that
+compose the index, and one GatherElements: about 30 nodes, with no data-dependent control flow, so both
+exporters trace it as it runs eagerly. No soft matrix, no multiply-add for the shuffle itself.
 
-Why the TorchScript exporter (`exporter="torchscript"`, the default) and not torch.export:
-- `binarize` has a data-dependent fast path (`if collided.any()`) that a graph cannot hold. Under any
-  tracer (`torch.jit.is_tracing()`, `torch.onnx.is_in_onnx_export()`, `torch.compiler.is_exporting()`)
-  it takes its tracing branch instead: the greedy assignment for every matrix, a loop of fixed length n
-  that unrolls into the graph. Both exporters handle that branch and give the same numbers.
+Why the TorchScript exporter (`exporter="torchscript"`, the default):
 - Measured on ShuffleNetV2 0.5x (CIFAR stem, dynamic, 2 shared CPU cores, torch 2.13): the TorchScript
   exporter takes about 10 s and writes 3.4 MB; the torch.export-based one (`exporter="dynamo"`) takes
   45 to 190 s and writes 6 to 14 MB (with / without its graph optimisation). The legacy exporter is
@@ -23,6 +20,7 @@ onnxruntime is installed), and only then renamed over `out_path`.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .layers import fuse_for_inference
 from .modes import deploy_mode
 from .timing import device_of, time_pair
 
@@ -161,7 +160,7 @@ def _add_metadata(path: Path, metadata: dict) -> int:
     return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
-def _ort_session(path: str | os.PathLike, threads: int | None = None):
+def ort_session(path: str | os.PathLike, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -182,7 +181,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     The tolerance is absolute for logits up to 1 in magnitude and relative beyond (float32 rounding of
     large logits). The model runs its inference path (eval, exact permutations) on its own device.
     """
-    session = _ort_session(path)
+    session = ort_session(path)
     g = torch.Generator().manual_seed(seed)
     device = device_of(model)
     worst = 0.0
@@ -240,8 +239,11 @@ def export_onnx_report(model_or_checkpoint_path, out_path: str | os.PathLike, in
     sample = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device_of(model))
     max_diff, batches = None, ()
     with atomic_path(out) as tmp:
-        with deploy_mode(model):
-            _export_graph(model, sample, tmp, opset, exporter)
+        # The exported graph is the fused inference form (BatchNorm folded, one head and one pair of sorts
+        # per shuffle); it is verified below against the unfused model.
+        deployed = fuse_for_inference(copy.deepcopy(model))
+        with deploy_mode(deployed):
+            _export_graph(deployed, sample, tmp, opset, exporter)
         opset = _add_metadata(tmp, metadata)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
@@ -295,7 +297,7 @@ def benchmark_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, b
     """
     previous = torch.get_num_threads()
     threads = threads or previous
-    session = _ort_session(path, threads)
+    session = ort_session(path, threads)
     in_channels = int((getattr(model, "config", None) or {}).get("in_channels") or 3)
     rows = []
     torch.set_num_threads(threads)

@@ -27,6 +27,8 @@ __all__ = [
     "orthogonality_loss",
     "set_shuffle_mode",
     "shuffle_modules",
+    "fuse_for_inference",
+    "FusedShuffleGenerator",
     "default_hidden",
     "SHUFFLE_MODES",
 ]
@@ -158,12 +160,58 @@ class ShuffleGenerator(nn.Module):
         else:
             z = self.norm(z)
         h = GENERATOR_ACTIVATIONS[self.activation](z)
-        n = x.shape[0]
-        return (self.head_a(h).view(n, self.heads, self.n1, self.n1),
-                self.head_b(h).view(n, self.heads, self.n2, self.n2))
+        # -1 rather than the batch size: an exported graph then needs no Shape/Gather/Concat per reshape.
+        return (self.head_a(h).view(-1, self.heads, self.n1, self.n1),
+                self.head_b(h).view(-1, self.heads, self.n2, self.n2))
+
+    @torch.no_grad()
+    def fused(self, temperature: float) -> FusedShuffleGenerator:
+        """The inference form (see `FusedShuffleGenerator`), with the running BatchNorm statistics folded in
+        and the logits divided by `temperature`."""
+        scale = self.norm.weight / torch.sqrt(self.norm.running_var + self.norm.eps)
+        reduce = nn.Linear(self.reduce.in_features, self.reduce.out_features).to(self.reduce.weight)
+        reduce.weight.copy_(self.reduce.weight * scale[:, None])
+        reduce.bias.copy_(self.norm.bias - self.norm.running_mean * scale)
+        n1, n2, heads, k = self.n1, self.n2, self.heads, self.n1 + self.n2
+        weight = self.head_a.weight.new_zeros(heads, k, k, self.head_a.in_features)
+        bias = self.head_a.bias.new_full((heads, k, k), -1e9)
+        weight[:, :n1, :n1] = self.head_a.weight.view(heads, n1, n1, -1) / temperature
+        weight[:, n1:, n1:] = self.head_b.weight.view(heads, n2, n2, -1) / temperature
+        bias[:, :n1, :n1] = self.head_a.bias.view(heads, n1, n1) / temperature
+        bias[:, n1:, n1:] = self.head_b.bias.view(heads, n2, n2) / temperature
+        head = nn.Linear(self.head_a.in_features, heads * k * k).to(self.head_a.weight)
+        head.weight.copy_(weight.view(heads * k * k, -1))
+        head.bias.copy_(bias.view(-1))
+        return FusedShuffleGenerator(reduce, head, n1, n2, heads, self.stats, self.activation).eval()
 
     def extra_repr(self) -> str:
         return f"stats={self.stats!r}, activation={self.activation!r}"
+
+
+class FusedShuffleGenerator(nn.Module):
+    """Inference form of a `ShuffleGenerator`: BatchNorm folded into the first linear layer, the two heads
+    merged into one that writes a block-diagonal `(n1 + n2) x (n1 + n2)` score matrix per head (A's block,
+    then B's; the off-block scores are -1e9, so no row ever picks a column of the other factor), and the
+    temperature folded into the head. One pooling, two GEMMs and a ReLU per module; built by
+    `ShuffleGenerator.fused`, it cannot train."""
+
+    def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
+                 activation: str):
+        super().__init__()
+        self.reduce, self.head = reduce, head
+        self.n1, self.n2, self.heads, self.stats, self.activation = n1, n2, heads, stats, activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            raise RuntimeError("a fused shuffle generator is for inference only (call .eval()); fuse a copy "
+                               "of the model, e.g. dynshuffle.fuse_for_inference(copy.deepcopy(model))")
+        pooled = ShuffleGenerator.pooled(self, x)
+        h = GENERATOR_ACTIVATIONS[self.activation](self.reduce(pooled))
+        k = self.n1 + self.n2
+        return self.head(h).view(-1, self.heads, k, k)
+
+    def extra_repr(self) -> str:
+        return f"factors=({self.n1}, {self.n2}), heads={self.heads}, stats={self.stats!r}, activation={self.activation!r}"
 
 
 class _StraightThroughShuffle(torch.autograd.Function):
@@ -228,7 +276,7 @@ class _FactorizedShuffle(nn.Module):
 
     def __init__(self, channels: int, groups: int, factors, temperature: float, share: bool, mode: str,
                  relaxation: str = "softmax", noise: float = 0.0, sinkhorn_iters: int = 5,
-                 binarize_rounds: int = 1):
+                 binarize_rounds: int = 0):
         super().__init__()
         self.n1, self.n2 = DF.check_factors(channels, groups, factors)
         self.channels, self.groups = channels, groups
@@ -288,14 +336,17 @@ class _FactorizedShuffle(nn.Module):
         """`logits(x) / temperature`, plus Gumbel noise of scale `noise` in training: the scores that both
         the soft matrices and the binarization use."""
         logits_a, logits_b = self.logits(x)
-        logits_a, logits_b = logits_a.float() / self.temperature, logits_b.float() / self.temperature
+        logits_a, logits_b = _as_float32(logits_a), _as_float32(logits_b)
+        if self.temperature != 1.0:
+            logits_a, logits_b = logits_a / self.temperature, logits_b / self.temperature
         if self.training and self.noise > 0:
             logits_a = logits_a + self.noise * _gumbel_like(logits_a)
             logits_b = logits_b + self.noise * _gumbel_like(logits_b)
         return logits_a, logits_b
 
     def _squeeze_groups(self, m: Tensor) -> Tensor:
-        return m.squeeze(1) if self.share else m
+        # Indexing, not squeeze(1): an exported squeeze of a dimension of unknown size becomes an If node.
+        return m[:, 0] if self.share else m
 
     def relax(self, scores: Tensor) -> Tensor:
         """Scores -> soft matrix: row softmax (the paper's), or Sinkhorn (rows and columns sum to 1)."""
@@ -322,19 +373,34 @@ class _FactorizedShuffle(nn.Module):
 
     def index_from_scores(self, scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Exact permutations of the scores: `(index (N|1, C), perm_a, perm_b)`; branch-free (`DF.binarize`)."""
-        perm_a = self._squeeze_groups(DF.binarize(scores_a, self.binarize_rounds))
-        perm_b = self._squeeze_groups(DF.binarize(scores_b, self.binarize_rounds))
+        if self.binarize_rounds == 0:
+            perm_a, perm_b = DF.binarize_pair(scores_a, scores_b)
+        else:
+            perm_a = DF.binarize(scores_a, self.binarize_rounds)
+            perm_b = DF.binarize(scores_b, self.binarize_rounds)
+        perm_a, perm_b = self._squeeze_groups(perm_a), self._squeeze_groups(perm_b)
         return DF.compose_permutation(perm_a, perm_b, self.groups), perm_a, perm_b
 
     def hard_index(self, x: Tensor) -> Tensor:
         """The composed exact permutation index `(N|1, C)` for `x` (see `permutation`)."""
+        if self.fused_index is not None:
+            return self.fused_index(x)
         return self.index_from_scores(*self.scaled_logits(x))[0]
+
+    # Set by `fuse_for_inference`: a callable x -> index `(N|1, C)` that replaces the whole eval path.
+    fused_index = None
+
+    def fuse_for_inference(self) -> "_FactorizedShuffle":
+        """Turn this module into its inference form, in place (irreversible: it can no longer train)."""
+        raise NotImplementedError
 
     def uses_soft_path(self) -> bool:
         return self.mode == "soft" or (self.mode == "auto" and self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.channels, type(self).__name__)
+        if self.fused_index is not None:
+            return DF.permute_channels(x, self.fused_index(x))
         scores_a, scores_b = self.scaled_logits(x)
         if self.uses_soft_path():
             a, b = self.soft_from_scores(scores_a, scores_b)
@@ -379,6 +445,11 @@ class _FactorizedShuffle(nn.Module):
         if self.noise:
             text += f", noise={self.noise:g}"
         return text
+
+
+def _as_float32(t: Tensor) -> Tensor:
+    # Not .float() on a float32 tensor: an exporter writes a Cast node for it.
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _gumbel_like(t: Tensor) -> Tensor:
@@ -427,9 +498,9 @@ class DynamicShuffle(_FactorizedShuffle):
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
                  hidden: int | None = None, temperature: float = 1.0, share: bool = True,
-                 mode: str = "auto", confidence: float = 0.9, *, relaxation: str = "softmax",
+                 mode: str = "auto", confidence: float = 0.05, *, relaxation: str = "softmax",
                  noise: float = 0.0, sinkhorn_iters: int = 5, stats: str = "mean", head_init: float = 0.0,
-                 activation: str = "relu", binarize_rounds: int = 1):
+                 activation: str = "relu", binarize_rounds: int = 0):
         super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
                          sinkhorn_iters, binarize_rounds)
         confidence = _check_confidence(confidence)
@@ -443,7 +514,26 @@ class DynamicShuffle(_FactorizedShuffle):
                                           activation)
 
     def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(self.generator, FusedShuffleGenerator):
+            raise RuntimeError("this DynamicShuffle was fused for inference: it only computes exact permutations")
         return self.generator(x)
+
+    def fuse_for_inference(self) -> "DynamicShuffle":
+        """In place: BatchNorm folded into the generator, one head writing a block-diagonal score matrix for
+        A and B, and one softmax, argmax and pair of sorts for both factors (`functional.ranked_columns`).
+        The permutations are those of the unfused module (up to float rounding of the folded BatchNorm).
+        Irreversible; the module then only runs in eval mode."""
+        if self.binarize_rounds:
+            raise ValueError("fuse_for_inference needs binarize_rounds=0 (the claim rounds have no fused form)")
+        if not isinstance(self.generator, FusedShuffleGenerator):
+            self.generator = self.generator.fused(self.temperature)
+        self.fused_index = self._fused_index
+        return self
+
+    def _fused_index(self, x: Tensor) -> Tensor:
+        conf, col = torch.softmax(self.generator(x), dim=-1).max(-1)
+        ranks = DF.ranked_columns(col, conf, self.n1 + self.n2)
+        return DF.compose_ranks(ranks[:, 0] if self.share else ranks, self.n1, self.n2, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", hidden={self.hidden}"
@@ -459,9 +549,9 @@ class LearnedShuffle(_FactorizedShuffle):
     after binarization). The control that separates learning a permutation from data dependence."""
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
-                 temperature: float = 1.0, share: bool = True, mode: str = "auto", confidence: float = 0.9,
+                 temperature: float = 1.0, share: bool = True, mode: str = "auto", confidence: float = 0.05,
                  *, relaxation: str = "softmax", noise: float = 0.0, sinkhorn_iters: int = 5,
-                 binarize_rounds: int = 1):
+                 binarize_rounds: int = 0):
         super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
                          sinkhorn_iters, binarize_rounds)
         diagonal = _diagonal_logit_fn(_check_confidence(confidence), self.temperature)
@@ -471,6 +561,13 @@ class LearnedShuffle(_FactorizedShuffle):
 
     def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.logits_a.unsqueeze(0), self.logits_b.unsqueeze(0)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> "LearnedShuffle":
+        """In place: the permutation is computed once and kept as a buffer; inference is one index_select."""
+        self.register_buffer("fused_permutation", self.index_from_scores(*self.scaled_logits(None))[0], persistent=False)
+        self.fused_index = lambda x: self.fused_permutation
+        return self
 
 
 class StaticDynamicShuffle(nn.Module):
@@ -489,7 +586,7 @@ class StaticDynamicShuffle(nn.Module):
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
                  hidden: int | None = None, temperature: float = 1.0, share: bool = True,
-                 mode: str = "auto", bias: bool = False, static_impl: str = "auto", confidence: float = 0.9,
+                 mode: str = "auto", bias: bool = False, static_impl: str = "auto", confidence: float = 0.05,
                  **dynamic_options):
         super().__init__()
         # `dynamic_options`: the keyword-only options of DynamicShuffle (relaxation, noise, stats, ...).
@@ -553,6 +650,16 @@ class StaticDynamicShuffle(nn.Module):
         return (f"channels={self.channels}, groups={self.groups}, static=({self.dynamic.n1}x{self.dynamic.n1}) ⊗ "
                 f"({self.dynamic.n2}x{self.dynamic.n2}) per group, static_impl={self.static_impl!r}, "
                 f"bias={self.bias is not None}")
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """Fuse every learned/dynamic shuffle of `model` into its inference form, in place, and return `model`
+    in eval mode. Irreversible: fuse a copy (`copy.deepcopy(model)`) to keep a trainable model. Export uses
+    it; the exact permutations are those of the unfused model (BatchNorm folding aside)."""
+    model.eval()
+    for module in shuffle_modules(model):
+        module.fuse_for_inference()
+    return model
 
 
 def shuffle_modules(model: nn.Module) -> Iterator[_FactorizedShuffle]:
