@@ -210,7 +210,7 @@ def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None) -> Tensor:
     k = col.shape[-1] if k is None else k
     # clamp keeps NaN (its key is then arbitrary but fixed: the result is a permutation all the same).
     doubt = torch.round((1.0 - conf.clamp(0.0, 1.0)) * 4095).long()
-    key = (_as_long(col) * 4096 + doubt) * k + _arange(k, col.device)
+    key = (_as_long(col) * 4096 + doubt) * k + _tables(_arange)(k, col.device)
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
     order = key.topk(k, dim=-1, largest=False).indices
     return order.topk(k, dim=-1, largest=False).indices
@@ -312,8 +312,8 @@ def compose_permutation(perm_a: Tensor, perm_b: Tensor, groups: int) -> Tensor:
     gathers from small constant tables, so the exported graph stays a handful of nodes.
     """
     n1, n2 = perm_a.shape[-1], perm_b.shape[-1]
-    take_a, _, base = _compose_tables(n1, n2, groups, n1 if perm_a.dim() == 3 else 0, 0, perm_a.device)
-    take_b = _compose_tables_b(n1, n2, groups, n2 if perm_b.dim() == 3 else 0, perm_a.device)
+    take_a, _, base = _tables(_compose_tables)(n1, n2, groups, n1 if perm_a.dim() == 3 else 0, 0, perm_a.device)
+    take_b = _tables(_compose_tables_b)(n1, n2, groups, n2 if perm_b.dim() == 3 else 0, perm_a.device)
     flat_a = perm_a if perm_a.dim() == 2 else perm_a.flatten(1)
     flat_b = perm_b if perm_b.dim() == 2 else perm_b.flatten(1)
     return flat_a.index_select(1, take_a) * n2 + flat_b.index_select(1, take_b) + base
@@ -325,9 +325,15 @@ def compose_ranks(ranks: Tensor, n1: int, n2: int, groups: int) -> Tensor:
     block-diagonal score matrix gives them)."""
     k = n1 + n2
     stride = k if ranks.dim() == 3 else 0
-    take_a, take_b, base = _compose_tables(n1, n2, groups, stride, n1, ranks.device)
+    take_a, take_b, base = _tables(_compose_tables)(n1, n2, groups, stride, n1, ranks.device)
     flat = ranks if ranks.dim() == 2 else ranks.flatten(1)
     return flat.index_select(1, take_a) * n2 + flat.index_select(1, take_b) + base
+
+
+def _tables(cached):
+    """The cached table builder in eager mode; under torch.compile the builder itself (dynamo traces it
+    into constants and warns about a cache wrapper)."""
+    return cached.__wrapped__ if torch.compiler.is_compiling() else cached
 
 
 @functools.lru_cache(maxsize=256)

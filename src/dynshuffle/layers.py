@@ -71,7 +71,7 @@ def default_hidden(channels: int, n1: int, n2: int) -> int:
 
     The heads cost `d * (n1² + n2²)` parameters; ShuffleNetV2's widths carry a prime factor (29 at 1.0x,
     61 at 2.0x), so n2 can be large and `d = C / 4` (squeeze-excitation's usual width) would add about
-    half of the network's parameters (DESIGN §2 item 11). See docs/method.md for the budget table.
+    half of the network's parameters (docs/design.md §6). See docs/method.md for the budget table.
     """
     budget = channels * channels // (20 * (channels + n1 * n1 + n2 * n2))
     return max(8, min(channels // 4, budget))
@@ -571,7 +571,7 @@ class LearnedShuffle(_FactorizedShuffle):
 
 
 class StaticDynamicShuffle(nn.Module):
-    """Static-dynamic shuffle: a light replacement for a C -> C pointwise convolution (DESIGN §3).
+    """Static-dynamic shuffle: a light replacement for a C -> C pointwise convolution (docs/design.md §7).
 
     `y = S_G · blockdiag_g[(A(x) ⊗ B(x)) + (U_g ⊗ V_g)] x (+ bias)`: the dynamic permutation of
     `DynamicShuffle` plus a learnable static Kronecker-factored mixing per group. Costs C·(n1 + n2)

@@ -19,7 +19,7 @@ from ..layers import ChannelShuffle, DynamicShuffle, LearnedShuffle, StaticDynam
 SHUFFLE_KINDS = ("static", "learned", "dynamic", "none")
 POINTWISE_KINDS = ("conv", "sds")
 STEMS = ("imagenet", "tiny", "cifar")
-# Input resolution each stem is designed for (DESIGN §4).
+# Input resolution each stem is designed for (docs/design.md §8).
 STEM_INPUT_SIZE = {"imagenet": 224, "tiny": 64, "cifar": 32}
 
 # Modules whose parameters carry their own initialisation (they start as the fixed shuffle): the
