@@ -129,7 +129,15 @@ def dynamic_dependence(model: nn.Module, images: torch.Tensor, threshold: float 
 
     if not any(isinstance(m, DynamicShuffle) for m in shuffle_layers(model).values()):
         return None
-    stats = permutation_stats(model, images, keep_permutations=True)
+    # permutation_stats calls the modules outside its own eval context: eval mode here keeps BatchNorm
+    # running statistics untouched (a model in training mode would otherwise update them).
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stats = permutation_stats(model, images, keep_permutations=True)
+    finally:
+        model.train(was_training)
     dependent, distinct = 0, []
     for s in stats.values():
         if s["kind"] != "dynamic":
