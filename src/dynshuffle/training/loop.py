@@ -13,6 +13,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,11 +154,13 @@ class Run:
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          model: nn.Module | None = None, data_root: str | None = None) -> dict:
+          model: nn.Module | None = None, data_root: str | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train per `cfg` into the run folder `out_dir`; returns {"run_dir", "history", "best_top1", "final", "model"}.
 
     `model`: train this module instead of building `cfg.model` (its `config` attribute, when present,
     is saved so the checkpoint can be rebuilt). `data_root` overrides `cfg.data.root`. `cfg` is not changed.
+    `on_epoch(row)` is called (on rank 0) with each epoch's log row once its checkpoint is saved.
     With `resume`, the keys of FIXED_ON_RESUME must match the checkpoint's; others (optim.lr,
     train.epochs, schedule.*, shuffle.*, ...) take their new values from the next step on.
     """
@@ -188,6 +191,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
             row = evaluate_and_save(run, epoch, stats, last, t_epoch, logger)
             if ctx.is_main and cfg.log.print_epochs:
                 print(_summary(row, run.epochs), flush=True)
+            if ctx.is_main and on_epoch is not None:
+                on_epoch(row)
         if run.shuffle_schedule is not None:
             run.shuffle_schedule.finish()  # the returned model runs as trained: "auto" (soft in train, exact in eval)
         logger.close()
