@@ -107,6 +107,8 @@ def save_checkpoint(run_dir: str | Path, name: str, model: nn.Module, state: dic
 def _resolve(path: str | Path) -> tuple[Path, Path]:
     """(weights, state) paths for a run folder, a `.safetensors` file, or a `.state.pt` file."""
     path = Path(path)
+    if not path.exists() and not path.name.endswith((".safetensors", ".state.pt")):
+        raise FileNotFoundError(f"not found: {path}")
     if path.is_dir():
         path = path / "last.safetensors"
     if path.name.endswith(".state.pt"):
@@ -122,7 +124,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"not found: {path}")
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -143,7 +145,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def load_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint state not found: {path}")
+        raise FileNotFoundError(f"not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, wrong pickle...
