@@ -122,3 +122,11 @@ def test_data_name_choices_come_from_the_data_registry(monkeypatch):
         apply_overrides(Config(), ["data.name=no-such-data"])
     text = str(err.value)
     assert "'data.name'" in text and "'no-such-data'" in text and "my-digits" in text and "cifar10" in text
+
+
+def test_removed_keys_of_old_run_folders_are_skipped(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("train:\n  epochs: 3\n  debug_dump_weights: false\n")
+    assert load_config(old).train.epochs == 3
+    with pytest.raises(ValueError, match="unknown config key 'train.debug_dump_weights'"):
+        apply_overrides(Config(), ["train.debug_dump_weights=true"])  # not a key any more

@@ -5,8 +5,8 @@ A checkpoint named `last` is two files in the run folder:
 * `last.safetensors`: the model's state_dict (contiguous CPU clones, so tied tensors save fine), with
   metadata `epoch`, `model_config` (JSON: the `create_model` arguments, enough to rebuild the model
   from this one file) and `config` (JSON: the resolved training config).
-* `last.state.pt`: optimizer, LR scheduler, GradScaler, RNG states (python, numpy, torch, cuda), the
-  epoch, the best top-1 so far, the per-epoch log rows, and the config. Loaded with
+* `last.state.pt`: optimizer, GradScaler, RNG states (python, numpy, torch, cuda), the epoch and the
+  step (the lr is a function of the step), the best top-1 so far, the per-epoch log rows, and the config. Loaded with
   `torch.load(weights_only=True)`: only tensors and plain containers, no pickled code.
 
 Both files are written to temporary names first and renamed one after the other, so a crash at any

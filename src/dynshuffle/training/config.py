@@ -292,6 +292,10 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, f.name, value)
 
 
+# Keys of earlier versions, skipped when a saved config is loaded (so old run folders still resume).
+REMOVED_KEYS = {"train.debug_dump_weights"}
+
+
 def update(cfg: Config, data: dict) -> Config:
     """Apply a nested mapping {section: {key: value}} (a parsed YAML file) onto `cfg`."""
     if not isinstance(data, dict):
@@ -306,7 +310,8 @@ def update(cfg: Config, data: dict) -> Config:
         if not isinstance(values, dict):
             raise ValueError(f"config section {sec_name!r}: expected a mapping of keys, got {values!r}")
         for key, value in values.items():
-            set_value(cfg, f"{sec_name}.{key}", value)
+            if f"{sec_name}.{key}" not in REMOVED_KEYS:
+                set_value(cfg, f"{sec_name}.{key}", value)
     validate(cfg)
     return cfg
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dynshuffle.data.loaders import InMemoryBatches, ShardSampler, make_loader  # noqa: F401 (re-exported)
+from dynshuffle.data.loaders import ShardSampler, make_loader
 
 from . import distributed as D
 
