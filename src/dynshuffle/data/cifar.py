@@ -191,8 +191,8 @@ def load_cifar(
     """
     spec = ARCHIVES[name]
     if root is None:
-        raise DataError(f"{name} needs a data folder (--data PATH, or root= in Python) holding {spec.filename}; "
-                        f"to fetch it there pass --download (CLI) or download=True (Python)")
+        raise DataError(f"{name} needs root= (--data PATH on the command line): the folder holding "
+                        f"{spec.filename}; to fetch it there pass --download (CLI) or download=True (Python)")
     root = Path(root).expanduser()
     source = _locate(spec, root)
     if download and (source is None or source.is_file()):
