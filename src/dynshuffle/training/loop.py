@@ -469,4 +469,6 @@ def _summary(row: dict, epochs: int) -> str:
         text += f"  soft top1 {pct(row['val_top1_soft'])}"
     if row.get("penalty") is not None:
         text += f"  penalty {row['penalty']:.4f} ({row['shuffle_mode']})"
+    if row.get("dynamic_layers") is not None:
+        text += f"  data-dependent layers {row['dynamic_layers']}, distinct median {row['distinct_median']:g}"
     return text + f"  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
