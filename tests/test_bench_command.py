@@ -22,6 +22,7 @@ def test_quick_layers_only_writes_both_files_with_ratios(tmp_path, monkeypatch, 
     report = json.loads((out / "bench.json").read_text())
     rows = report["layers"]["eager"]
     assert rows and all(r["ratio"] > 0 and r["baseline_ms"] > 0 for r in rows)
+    assert {r["batch"] for r in rows} == {64}  # --quick times at the batch the targets are set for
     assert {r["baseline"] for r in rows} == {"nn.ChannelShuffle", "1x1 conv eval", "1x1 conv fwd+bwd"}
     assert report["models"] == {} and report["machine"]["device"] == "cpu"
     assert "wrote" in capsys.readouterr().out
@@ -41,44 +42,47 @@ def _fake_layer_rows(device="cpu", compile=False, quick=False, progress=True, **
 
 
 def _fake_model_rows(device="cpu", compile=False, quick=False, progress=True, **kwargs):
-    return [{"model": "shufflenet_v2_x0_5", "variant": v, "batch": 1, "what": "eval", "ms": ms,
-             "baseline_ms": 1.0, "ratio": ms / 1.0, "compiled": compile} for v, ms in (("static", 1.0), ("dynamic", 1.1))]
+    return [{"model": "shufflenet_v2_x0_5", "stem": "cifar", "input_size": 32, "variant": v, "device": device,
+             "compiled": compile, "eval_b1_s": ms / 1e3, "eval_b1_ratio": ms / 1.0, "peak_bytes": 2 ** 20,
+             "peak_ratio": 1.0} for v, ms in (("static", 1.0), ("dynamic", 1.1))]
 
 
 def test_compile_gives_eager_and_compiled_tables_for_layers_and_models(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "run_layer_benchmark", _fake_layer_rows)
-    monkeypatch.setattr(B, "run_model_benchmark", _fake_model_rows, raising=False)
-    monkeypatch.delattr(B, "format_model_rows", raising=False)  # the command's generic table
+    monkeypatch.setattr(B, "run_model_benchmark", _fake_model_rows)
     out = tmp_path / "b"
     assert _cli(monkeypatch, ["bench", "--compile", "--quiet", "--out", str(out)]) == 0
     md = (out / "bench.md").read_text()
     for title in ("## Layers (eager)", "## Layers (torch.compile)", "## Models (eager)", "## Models (torch.compile)"):
         assert title in md
-    assert "| model | variant | batch | what | ms | baseline_ms | ratio | compiled |" in md
-    assert "| shufflenet_v2_x0_5 | dynamic | 1 | eval | 1.1 | 1 | 1.1 | False |" in md
+    assert "| shufflenet_v2_x0_5 | cifar | dynamic | 1.10 | 1.10x |" in md  # profiling.format_model_rows
     report = json.loads((out / "bench.json").read_text())
     assert set(report["layers"]) == set(report["models"]) == {"eager", "torch.compile"}
     assert report["models"]["torch.compile"][0]["compiled"] is True
     assert report["layers"]["eager"][1]["ratio"] == pytest.approx(0.5)
 
 
-def test_missing_model_benchmark_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(B, "run_layer_benchmark", _fake_layer_rows)
-    monkeypatch.delattr(B, "run_model_benchmark", raising=False)
+def test_rows_are_judged_only_at_the_target_batch(tmp_path, monkeypatch):
+    def rows(**kwargs):
+        return [B.LayerRow("gather alone", "C=116 28x28", 1, 0.05, "nn.ChannelShuffle", 0.01, 1.2),
+                B.LayerRow("gather alone", "C=116 28x28", 64, 0.05, "nn.ChannelShuffle", 0.01, 1.2),
+                B.LayerRow("gather alone", "C=116 28x28", 64, 0.01, "nn.ChannelShuffle", 0.01, 1.2)]
+
+    monkeypatch.setattr(B, "run_layer_benchmark", rows)
     out = tmp_path / "b"
-    assert _cli(monkeypatch, ["bench", "--quiet", "--out", str(out)]) == 0
-    assert "model benchmark not available" in capsys.readouterr().err
-    assert "model benchmark not available" in (out / "bench.md").read_text()
-    assert json.loads((out / "bench.json").read_text())["note"]
+    assert _cli(monkeypatch, ["bench", "--layers-only", "--quiet", "--out", str(out)]) == 0
+    lines = [line for line in (out / "bench.md").read_text().splitlines() if line.startswith("| gather alone")]
+    assert lines[0].endswith("|  |  |")  # batch 1: no target, no verdict
+    assert lines[1].endswith("| ≤ 1.2 | NO |") and lines[2].endswith("| ≤ 1.2 | yes |")
+    assert [r["target"] for r in json.loads((out / "bench.json").read_text())["layers"]["eager"]] == [None, 1.2, 1.2]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the message, on any machine
     assert _cli(monkeypatch, ["bench", "--device", "cuda", "--out", str(tmp_path / "b")]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not hasattr(B, "run_model_benchmark"), reason="dynshuffle.benchmark has no model benchmark yet")
 def test_with_the_real_model_benchmark(tmp_path, monkeypatch):
     """The real model benchmark and its table through the command, cut down so it takes seconds."""
     import functools

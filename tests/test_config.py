@@ -108,3 +108,25 @@ def test_generated_recipes_are_current_and_load():
     assert imagenet.optim.exempt_norm_bias
     sds = load_config(ROOT / "configs" / "cifar100_shufflenet_v2_x1_0_sds.yaml")
     assert (sds.model.shuffle, sds.model.pointwise) == ("static", "sds")
+
+
+def test_data_name_choices_come_from_the_data_registry(monkeypatch):
+    from dynshuffle.data import registry
+
+    spec = registry.DatasetSpec("my-digits", 10, 32, "cifar", (0.5,) * 3, (0.25,) * 3)
+    monkeypatch.setitem(registry._REGISTRY, "my-digits", (spec, registry._REGISTRY["digits"][1]))
+    cfg = apply_overrides(Config(), ["data.name=my-digits"])
+    assert cfg.data.name == "my-digits"
+    assert Config.from_dict({"data": {"name": "my-digits"}}).data.name == "my-digits"
+    with pytest.raises(ValueError) as err:
+        apply_overrides(Config(), ["data.name=no-such-data"])
+    text = str(err.value)
+    assert "'data.name'" in text and "'no-such-data'" in text and "my-digits" in text and "cifar10" in text
+
+
+def test_removed_keys_of_old_run_folders_are_skipped(tmp_path):
+    old = tmp_path / "config.yaml"
+    old.write_text("train:\n  epochs: 3\n  debug_dump_weights: false\n")
+    assert load_config(old).train.epochs == 3
+    with pytest.raises(ValueError, match="unknown config key 'train.debug_dump_weights'"):
+        apply_overrides(Config(), ["train.debug_dump_weights=true"])  # not a key any more

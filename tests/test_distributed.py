@@ -14,12 +14,16 @@ from dynshuffle.training.config import Config, apply_overrides
 from dynshuffle.training.distributed import DistContext, all_reduce_sum, average_buffers, setup
 from dynshuffle.training.logging import read_csv
 
-# The CLI limited to the subcommands whose modules exist (as in test_training.py).
+# `train` as the CLI runs it, then every process writes the weights it ended with to debug/rank<N>.safetensors.
 RUNNER = """\
-import importlib.util, sys
-import dynshuffle.cli as cli
-cli.COMMANDS = {k: v for k, v in cli.COMMANDS.items() if importlib.util.find_spec(f"dynshuffle.commands.{k}")}
-sys.exit(cli.main())
+import os, sys
+from dynshuffle.training import checkpoint as ckpt
+from dynshuffle.training.config import load_config
+from dynshuffle.training.loop import train
+
+config, out = sys.argv[1], sys.argv[2]
+result = train(load_config(config), out)
+ckpt.save_weights(result["model"], os.path.join(out, "debug", f"rank{os.environ['RANK']}.safetensors"))
 """
 
 
@@ -33,8 +37,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     cfg = apply_overrides(Config(), [
         "data.name=digits", "data.batch_size=32", "data.eval_batch_size=60", "data.workers=0",
         "train.epochs=2", "train.steps_per_epoch=3", "train.eval_steps=2", "train.device=cpu",
-        "model.shuffle=dynamic", "shuffle.ste_fraction=0.5", "log.tensorboard=false", "log.progress=false",
-        "train.debug_dump_weights=true"])
+        "model.shuffle=dynamic", "shuffle.ste_fraction=0.5", "log.tensorboard=false", "log.progress=false"])
     config = tmp_path / "cfg.yaml"
     config.write_text(cfg.to_yaml())
     runner = tmp_path / "runner.py"
@@ -42,8 +45,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", str(runner),
-           "train", "--config", str(config), "--out", str(run)]
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", str(runner), str(config), str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # rank 0 alone logs: one summary line per epoch, not two

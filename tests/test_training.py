@@ -69,10 +69,11 @@ def test_run_folder_is_complete(tmp_path):
     tensors, meta, state = ckpt.load_checkpoint(run / "last.safetensors")
     assert meta["epoch"] == "2" and meta["model_config"]["shuffle"] == "dynamic"
     assert meta["config"] == cfg.to_dict()
-    for key in ("optimizer", "scheduler", "scaler", "rng", "epoch", "config", "best_top1", "history"):
+    for key in ("optimizer", "step", "scaler", "rng", "epoch", "config", "best_top1", "history"):
         assert key in state, key
+    assert "scheduler" not in state  # the lr is a function of the step
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
-    assert state["scheduler"]["last_epoch"] == 6  # per-iteration schedule: 2 epochs x 3 steps
+    assert state["step"] == 6  # per-iteration schedule: 2 epochs x 3 steps
     model, _ = ckpt.build_model_from_checkpoint(run / "last.safetensors")
     for k, v in model.state_dict().items():
         assert torch.equal(v, tensors[k])
@@ -376,5 +377,60 @@ def test_lr_scales_with_batch_and_warms_up_per_iteration(tmp_path):
     result = train(cfg, tmp_path / "run")
     # batch 32 / base 64 -> peak 0.05; warm-up over the 4 steps -> after the last step the factor is 1
     assert result["final"]["lr"] == pytest.approx(0.05)
-    state = ckpt.load_state(tmp_path / "run" / "last.state.pt")
-    assert state["scheduler"]["base_lrs"] == [pytest.approx(0.05)] * 2
+    assert [r["lr"] for r in result["history"]] == [pytest.approx(0.05)]
+
+
+# ------------------------------------------------------------------- resume with overrides, NaN advice
+
+
+def test_resume_takes_new_lr_and_epochs_but_refuses_model_changes(tmp_path, capsys):
+    cfg = tiny_config(**{"train.epochs": 1, "model.shuffle": "static", "schedule.name": "constant",
+                         "schedule.warmup_epochs": 0, "optim.lr": 0.1, "optim.base_batch_size": "null"})
+    config = write_yaml(tmp_path / "cfg.yaml", cfg)
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(config), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(run), "--resume", "--set", "optim.lr=0.5",
+                     "--set", "train.epochs=2"]) == 0
+    assert "optim.lr: 0.1 -> 0.5" in capsys.readouterr().out
+    assert [float(r["lr"]) for r in read_csv(run / "log.csv")] == [pytest.approx(0.1), pytest.approx(0.5)]
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.5
+
+    before = (run / "last.state.pt").read_bytes()
+    for override, key in (("model.name=shufflenet_v2_x1_0", "model.name"), ("data.batch_size=16", "data.batch_size")):
+        assert cli_main(["train", "--out", str(run), "--resume", "--set", "train.epochs=3", "--set", override]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume cannot change {key}" in err and err.count("\n") == 1
+    assert (run / "last.state.pt").read_bytes() == before
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.5  # config.yaml untouched
+
+
+def test_nan_message_says_what_the_run_folder_holds(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 2, "model.shuffle": "static"})
+    with pytest.raises(NonFiniteLossError) as first:
+        train(cfg, tmp_path / "early", model=NaNAfter(after=0))
+    text = str(first.value)
+    assert "No checkpoint was written" in text and "--overwrite --set optim.lr=" in text
+    assert "kept" not in text and not (tmp_path / "early" / "last.state.pt").exists()
+    with pytest.raises(NonFiniteLossError) as later:
+        train(cfg, tmp_path / "later", model=NaNAfter(after=3))
+    text = str(later.value)
+    assert "holds the checkpoint of epoch 1" in text and "--resume --set optim.lr=" in text
+
+
+def test_train_leaves_the_config_alone_and_names_a_given_module(tmp_path, capsys):
+    cfg = tiny_config(**{"train.epochs": 1, "train.steps_per_epoch": 1, "log.print_epochs": True})
+    before = cfg.to_dict()
+    module = NaNAfter(after=10)
+    train(cfg, tmp_path / "run", model=module, data_root=str(tmp_path / "unused"))
+    assert cfg.to_dict() == before  # data_root went into a copy
+    out = capsys.readouterr().out
+    params = sum(p.numel() for p in module.parameters())
+    assert f"train: NaNAfter ({params / 1e6:.3f} M params)" in out and cfg.model.name not in out.split("\n")[0]
+
+
+def test_dynamic_models_log_data_dependence(tmp_path):
+    rows = train(tiny_config(**{"train.epochs": 1}), tmp_path / "run")["history"]
+    assert rows[0]["dynamic_layers"] >= 0 and rows[0]["distinct_median"] >= 1
+    static = train(tiny_config(**{"train.epochs": 1, "model.shuffle": "static"}), tmp_path / "s")["history"]
+    assert static[0]["dynamic_layers"] is None and static[0]["distinct_median"] is None

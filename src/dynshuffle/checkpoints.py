@@ -9,8 +9,9 @@ A checkpoint named `last` is two files in the run folder:
 * `last.safetensors`: the model's state_dict (contiguous CPU clones, so tied tensors save fine), with
   metadata `epoch`, `model_config` (JSON: the `create_model` arguments, enough to rebuild the model
   from this one file) and `config` (JSON: the resolved training config).
-* `last.state.pt`: optimizer, LR scheduler, GradScaler, RNG states (python, numpy, torch, cuda), the
-  epoch, the best top-1 so far, the per-epoch log rows, and the config. Loaded with
+* `last.state.pt`: optimizer, GradScaler, RNG states (python, numpy, torch, cuda), the epoch and the
+  step (the lr is a function of the step), the best top-1 so far, the per-epoch log rows, and the
+  config. Loaded with
   `torch.load(weights_only=True)`: only tensors and plain containers, no pickled code.
 
 Both files are written to temporary names first and renamed one after the other, so a crash at any
@@ -113,6 +114,8 @@ def save_checkpoint(run_dir: str | Path, name: str, model: nn.Module, state: dic
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     """(weights, state) paths for a run folder, a `.safetensors` file, or a `.state.pt` file."""
     path = Path(path)
+    if not path.exists() and not path.name.endswith((".safetensors", ".state.pt")):
+        raise FileNotFoundError(f"not found: {path}")
     if path.is_dir():
         path = path / "last.safetensors"
     if path.name.endswith(".state.pt"):
@@ -128,7 +131,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"not found: {path}")
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -149,7 +152,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def load_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint state not found: {path}")
+        raise FileNotFoundError(f"not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, wrong pickle...

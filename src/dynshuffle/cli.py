@@ -29,12 +29,31 @@ class CommandError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynshuffle", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=f"dynshuffle.commands.{name}")
         _command_module(name).configure(p)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dynshuffle")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown"
+
+
+def _message(err: BaseException) -> str:
+    """One line for an error: a missing file as 'not found: PATH', a KeyError without its quotes."""
+    if isinstance(err, FileNotFoundError) and err.filename:  # raised by the OS: "[Errno 2] No such file ..."
+        return f"not found: {err.filename}"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return str(err)
 
 
 def _command_module(name: str):
@@ -51,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors on bad input carry a message naming the problem: show that line, not a trace.
         if os.environ.get("DYNSHUFFLE_DEBUG"):
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"dynshuffle {args.command}: error: {msg}", file=sys.stderr)
+        print(f"dynshuffle {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dynshuffle {args.command}: interrupted", file=sys.stderr)

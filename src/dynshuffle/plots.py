@@ -294,9 +294,18 @@ def plot_training(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
     top.set_ylabel("orthogonality penalty (sum over layers)")
     top.set_xlabel("epoch")
     top.set_title("Orthogonality penalty per epoch")
+    # A column equal to an earlier one (val_top1_hard is val_top1 for dynamic models) would hide it under
+    # the same line: plot it once, labelled with both names.
+    labels: dict[str, str] = {}
     for col in acc_cols:
+        same = next((c for c in labels if np.array_equal(_column(rows, c), _column(rows, col), equal_nan=True)), None)
+        if same is None:
+            labels[col] = col
+        else:
+            labels[same] += f" = {col}"
+    for col, label in labels.items():
         style = "--" if "soft" in col else "-"
-        bottom.plot(epochs, _column(rows, col), linestyle=style, marker=".", label=col)
+        bottom.plot(epochs, _column(rows, col), linestyle=style, marker=".", label=label)
     if not acc_cols:
         bottom.text(0.5, 0.5, "no accuracy columns in log.csv", ha="center", va="center", transform=bottom.transAxes)
     bottom.set_ylabel("accuracy")

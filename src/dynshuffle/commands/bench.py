@@ -16,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--compile", action="store_true",
                         help="also run every benchmark with torch.compile (eager and compiled tables)")
-    parser.add_argument("--quick", action="store_true", help="one shape, one batch size, few repeats (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one small layer shape at batch 64, the 0.5x model, few repeats (smoke test, < 1 min)")
     parser.add_argument("--layers-only", action="store_true", help="skip the model benchmark")
     parser.add_argument("--out", default="bench", metavar="DIR",
                         help="folder for bench.md and bench.json (default ./bench)")
@@ -56,33 +57,18 @@ def _machine(device) -> dict:
     return info
 
 
-def _markdown_table(rows: list[dict]) -> str:
-    """Any list of flat dicts as a markdown table (columns in first-seen order; floats to 4 digits)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-
-    def cell(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+TARGET_BATCH = 64  # the layer targets (docs/performance.md) are ratios at batch 64; batch 1 is call overhead
 
 
-def _format_models(B, rows: list[dict]) -> str:
-    """The benchmark module's own markdown table when it has one, else a generic table of the rows."""
-    import inspect
+def _judged_at_own_batch(rows: list) -> list:
+    """Rows at a batch other than TARGET_BATCH carry no target: they get no yes/NO verdict."""
+    import dataclasses
 
-    fmt = getattr(B, "format_model_rows", None)
-    if fmt is not None and "markdown" in inspect.signature(fmt).parameters:
-        return fmt(rows, markdown=True)
-    return _markdown_table(rows)
+    return [r if r.batch == TARGET_BATCH else dataclasses.replace(r, target=None) for r in rows]
 
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
     import time
     from pathlib import Path
 
@@ -94,28 +80,26 @@ def run(args: argparse.Namespace) -> int:
     from dynshuffle.utils import atomic_write_text
 
     variants = [("eager", False)] + ([("torch.compile", True)] if args.compile else [])
-    run_models = getattr(B, "run_model_benchmark", None)
-    models_note = None
-    if not args.layers_only and run_models is None:
-        models_note = ("model benchmark not available in this version of dynshuffle.benchmark "
-                       "(no run_model_benchmark); only the layer tables were measured")
-        print(f"dynshuffle bench: {models_note}", file=sys.stderr)
-
+    # --quick: one small stage shape at the target batch (so its rows are judged), the quick model setup.
+    layer_kwargs = {"stems": ("cifar",), "batches": (TARGET_BATCH,)} if args.quick else {}
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     tables: dict[str, dict[str, list]] = {"layers": {}, "models": {}}
     markdown: list[str] = []
     for label, compiled in variants:
-        rows = B.run_layer_benchmark(device=str(device), compile=compiled, quick=args.quick, progress=not args.quiet)
+        rows = _judged_at_own_batch(B.run_layer_benchmark(device=str(device), compile=compiled, quick=args.quick,
+                                                          progress=not args.quiet, **layer_kwargs))
         tables["layers"][label] = [r.as_dict() for r in rows]
         markdown += [f"## Layers ({label})", "",
                      "Ratio = operation / baseline, both timed alternately in this run (median of repeats); "
-                     "target = the ratio the layer is designed to stay under.", "", B.format_rows(rows), ""]
-        if not args.layers_only and run_models is not None:
-            model_rows = run_models(device=str(device), compile=compiled, quick=args.quick, progress=not args.quiet)
+                     f"target = the ratio the layer is designed to stay under at batch {TARGET_BATCH} (rows at "
+                     "other batches have none).", "", B.format_rows(rows), ""]
+        if not args.layers_only:
+            model_rows = B.run_model_benchmark(device=str(device), compile=compiled, quick=args.quick,
+                                               progress=not args.quiet)
             tables["models"][label] = [dict(r) for r in model_rows]
             markdown += [f"## Models ({label})", "",
                          "Ratio = variant / the fixed-shuffle (static) model, timed alternately in this run.", "",
-                         _format_models(B, model_rows), ""]
+                         B.format_model_rows(model_rows, markdown=True), ""]
 
     machine = _machine(device)
     header = [f"# dynshuffle bench ({started})", "",
@@ -126,10 +110,8 @@ def run(args: argparse.Namespace) -> int:
               "Absolute milliseconds depend on the machine and its load; the ratios are the comparable figures.", ""]
     if args.layers_only:
         header += ["Model benchmark skipped (--layers-only).", ""]
-    elif models_note:
-        header += [f"Note: {models_note}.", ""]
     report = {"started": started, "machine": machine, "quick": args.quick, "compile": args.compile,
-              "layers_only": args.layers_only, "note": models_note, **tables}
+              "layers_only": args.layers_only, **tables}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "bench.md", "\n".join(header + markdown).rstrip() + "\n")
     atomic_write_text(out / "bench.json", json.dumps(report, indent=1, default=str) + "\n")

@@ -9,14 +9,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="variants to train (default: static learned dynamic sds; also dynamic+sds, none)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: the recipe's, 6 on digits)")
-    parser.add_argument("--data", default="digits", metavar="NAME",
+    parser.add_argument("--dataset", default="digits", metavar="NAME",
                         help="dataset name (default: digits, bundled, offline)")
-    parser.add_argument("--data-root", metavar="PATH", help="dataset root folder (all but digits)")
+    parser.add_argument("--data", metavar="PATH", help="dataset root folder (all but digits), as in train and eval")
+    parser.add_argument("--data-root", dest="data", metavar="PATH", help=argparse.SUPPRESS)  # the former name
     parser.add_argument("--model", default="shufflenet_v2_x0_5", help="model name (default shufflenet_v2_x0_5)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key for every run, e.g. --set shuffle.lambda=0.5")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="parallel training processes of one thread each (default: one per CPU core, "
+                             "at most one per run; 1 trains in this process)")
     parser.add_argument("--out", default="runs/compare", metavar="DIR",
-                        help="output folder: compare.md, compare.csv and one run folder per training")
+                        help="output folder: compare.md, compare.csv and one run folder per training "
+                             "(a rerun keeps the runs finished with the same recipe)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train every run afresh, even if --out holds runs of another recipe")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +33,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    compare(args.variants, seeds=args.seeds, epochs=args.epochs, data=args.data, out=args.out,
-            data_root=args.data_root, model=args.model, overrides=args.overrides)
+    if args.data is not None:
+        import os
+
+        from dynshuffle.data import list_datasets
+
+        if not os.path.exists(args.data) and args.data in list_datasets():
+            raise ValueError(f"--data is the dataset root folder (as in train and eval); to choose the dataset "
+                             f"use --dataset {args.data}")
+    compare(args.variants, seeds=args.seeds, epochs=args.epochs, dataset=args.dataset, out=args.out,
+            data_root=args.data, model=args.model, overrides=args.overrides, workers=args.workers,
+            overwrite=args.overwrite)
     return 0

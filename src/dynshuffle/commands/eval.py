@@ -12,7 +12,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", choices=("val", "train"))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (default: torch's, i.e. OMP_NUM_THREADS when set, else one per core)")
 
 
 def _pct(x: float) -> str:
@@ -20,8 +22,10 @@ def _pct(x: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dynshuffle.commands.train import set_threads
     from dynshuffle.training.evaluate import evaluate_checkpoint
 
+    set_threads(args.threads)
     r = evaluate_checkpoint(args.checkpoint, data=args.dataset, data_root=args.data, split=args.split,
                             batch_size=args.batch_size, device=args.device, workers=args.workers)
     epoch = f" (epoch {r['epoch']})" if r.get("epoch") else ""

@@ -15,8 +15,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config file name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.state.pt")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the dataset into --data if it is missing (CIFAR; sets data.download=true)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of this process (default: torch's, i.e. OMP_NUM_THREADS when set, else "
+                             "one per core); on a busy machine --threads 1 is often faster")
     parser.epilog = ("Multi-GPU / multi-node: torchrun --nproc_per_node=N -m dynshuffle.cli train --config FILE "
                      "(the same command as a single process).")
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads N: torch's intra-op CPU threads (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,10 +51,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--config FILE is required unless --resume is given")
         config_path = out / "config.yaml"
         if not config_path.is_file():
-            raise FileNotFoundError(f"--resume without --config: {config_path} does not exist")
+            raise FileNotFoundError(f"not found: {config_path} (--resume without --config reads the run's config)")
+    set_threads(args.threads)
     cfg = load_config(config_path, args.overrides)
     if args.data:
         cfg.data.root = args.data
+    if args.download:
+        cfg.data.download = True
     result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     final = result["final"]
     if final is not None and int(os.environ.get("RANK", "0")) == 0:

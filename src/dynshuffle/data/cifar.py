@@ -191,7 +191,8 @@ def load_cifar(
     """
     spec = ARCHIVES[name]
     if root is None:
-        raise DataError(f"{name} needs root=: the folder holding {spec.filename} (or use download=True with a folder)")
+        raise DataError(f"{name} needs root= (--data PATH on the command line): the folder holding "
+                        f"{spec.filename}; to fetch it there pass --download (CLI) or download=True (Python)")
     root = Path(root).expanduser()
     source = _locate(spec, root)
     if download and (source is None or source.is_file()):
@@ -199,7 +200,8 @@ def load_cifar(
         archive = root if root.is_file() or root.name == spec.filename else root / spec.filename
         source = download_url(spec.url, archive, spec.md5)
     elif source is None:
-        raise DataError(f"{root}: no {spec.filename} or {spec.folder}/ found (pass download=True to fetch it)")
+        raise DataError(f"{root}: no {spec.filename} or {spec.folder}/ found (to fetch it pass --download on the "
+                        f"command line, or download=True in Python)")
 
     blobs = _read_members(source, spec)
     classes = _class_names(blobs, spec, source)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,15 +25,23 @@ from .recipes import VARIANTS, recipe
 
 DEFAULT_VARIANTS = ("static", "learned", "dynamic", "sds")
 DEFAULT_MODEL = "shufflenet_v2_x0_5"
+RESULT = "result.json"  # in each run folder: the recipe it was trained with and its final figures
+MARKER = "compare.json"  # in the output folder: what `compare` wrote there
+DEPENDENCE_IMAGES = 1000  # validation images the data-dependence figures are computed on (at most)
 
 COLUMNS = ["variant", "model", "params", "macs", "latency_ms", "top1_mean", "top1_std",
-           "top1_soft_mean", "top1_soft_std", "gap", "top5_mean", "seeds", "epochs", "train_seconds"]
+           "top1_soft_mean", "top1_soft_std", "gap", "top5_mean", "dynamic_layers", "dynamic_layers_total",
+           "distinct_median", "seeds", "epochs", "train_seconds"]
 
 
-def base_config(data: str = "digits", epochs: int | None = None, model: str = DEFAULT_MODEL) -> Config:
-    """The shared recipe: `recipes.recipe(data)` (on digits sized so that the default comparison finishes
+class CompareFolderError(ValueError):
+    """The output folder holds something `compare` would overwrite (pass overwrite=True / --overwrite)."""
+
+
+def base_config(dataset: str = "digits", epochs: int | None = None, model: str = DEFAULT_MODEL) -> Config:
+    """The shared recipe: `recipes.recipe(dataset)` (on digits sized so that the default comparison finishes
     within 10 minutes on 2 CPU cores), quiet, with `epochs` when given."""
-    cfg = recipe(data, model)
+    cfg = recipe(dataset, model)
     cfg.log.tensorboard = False
     cfg.log.print_epochs = False
     if epochs is not None:
@@ -51,14 +61,151 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | list[int] = 3,
-            epochs: int | None = None, data: str = "digits", out: str | Path = "runs/compare", *,
-            data_root: str | None = None, model: str = DEFAULT_MODEL, overrides: list[str] | tuple = (),
-            latency_runs: int = 30, verbose: bool = True) -> list[dict]:
-    """Train every variant with every seed under one recipe; write `compare.md` and `compare.csv` into `out`
-    (and one run folder per training under `out/<variant>/seed<N>`); return the table rows."""
-    from .evaluate import measure_latency, profile_row
+def _recipe_key(cfg_dict: dict) -> dict:
+    """The parts of a run's config that decide its result (not where the data lives, not the logging)."""
+    out = {sec: dict(values) for sec, values in cfg_dict.items() if sec != "log"}
+    out.get("data", {}).pop("root", None)
+    return out
+
+
+# ---- one run (in a worker process or in this one) -------------------------------------------------------------
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_job(job: dict) -> dict:
+    """Train one (variant, seed) run, or resume an interrupted one; write and return its result.json."""
+    from .evaluate import dynamic_dependence
     from .loop import train
+
+    cfg = Config.from_dict(job["config"])
+    variant, seed, epochs = job["variant"], job["seed"], cfg.train.epochs
+    verbose = job["verbose"]
+
+    def progress(row: dict) -> None:
+        if verbose:
+            print(f"compare: {variant} seed {seed} epoch {row['epoch']}/{epochs} top-1 {row['val_top1']:.4f}",
+                  flush=True)
+
+    t0 = time.perf_counter()
+    result = train(cfg, job["run_dir"], resume=job["resume"], overwrite=not job["resume"], on_epoch=progress)
+    seconds = time.perf_counter() - t0
+    model = result["model"].eval()
+    dependence = None
+    if any(True for _ in _dynamic_modules(model)):
+        from dynshuffle.data import build_datasets, get_dataset_spec
+
+        spec = get_dataset_spec(cfg.data.name)
+        _, val_set = build_datasets(cfg.data.name, root=cfg.data.root)
+        images = _first_val_images(val_set, spec, DEPENDENCE_IMAGES, next(model.parameters()).device)
+        dependence = dynamic_dependence(model, images)
+    out = {"variant": variant, "seed": seed, "recipe": job["config"], "final": result["final"],
+           "seconds": seconds + (job.get("seconds_before") or 0.0), "dependence": dependence}
+    atomic_write_text(Path(job["run_dir"]) / RESULT, json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def _dynamic_modules(model):
+    from dynshuffle.layers import DynamicShuffle
+
+    return (m for m in model.modules() if isinstance(m, DynamicShuffle))
+
+
+def _first_val_images(dataset, spec, count: int, device):
+    import torch
+
+    from dynshuffle.data import BatchTransform
+    from dynshuffle.data.loaders import ShardSampler, make_loader
+
+    from .evaluate import first_images
+
+    loader = make_loader(dataset, 256, ShardSampler(len(dataset)), 0, torch.device(device))
+    return first_images(loader, BatchTransform(spec, train=False).to(device), device, count)
+
+
+# ---- the comparison --------------------------------------------------------------------------------------------
+
+def _plan(jobs: list[dict], out: Path, overwrite: bool) -> tuple[list[dict], dict]:
+    """(jobs to run, {(variant, seed): result} of runs finished earlier with the same recipe)."""
+    done, todo, changed = {}, [], []
+    for job in jobs:
+        run_dir = Path(job["run_dir"])
+        job["resume"] = False
+        if overwrite:
+            todo.append(job)
+            continue
+        result_file, config_file = run_dir / RESULT, run_dir / "config.yaml"
+        if result_file.is_file():
+            saved = json.loads(result_file.read_text())
+            if _recipe_key(saved.get("recipe", {})) == _recipe_key(job["config"]):
+                done[(job["variant"], job["seed"])] = saved
+            else:
+                changed.append(str(run_dir))
+        elif (run_dir / "last.state.pt").is_file():  # interrupted: continue it if its recipe is the same
+            import yaml
+
+            saved = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+            if _recipe_key(saved or {}) == _recipe_key(job["config"]):
+                job["resume"] = True
+                todo.append(job)
+            else:
+                changed.append(str(run_dir))
+        else:
+            todo.append(job)
+    if changed:
+        raise CompareFolderError(f"{out} holds runs trained with a different recipe ({', '.join(changed[:3])}"
+                                 f"{', ...' if len(changed) > 3 else ''}); pass --overwrite to train them "
+                                 f"afresh, or choose another --out")
+    return todo, done
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not overwrite:
+        raise CompareFolderError(f"{out} is not empty and holds no earlier compare ({MARKER} not found); "
+                                 f"choose another --out, or pass --overwrite to write into it")
+
+
+def _run_jobs(todo: list[dict], workers: int, verbose: bool) -> list[dict]:
+    """Run the jobs: in this process for one worker, else in `workers` spawned processes of one thread each."""
+    if workers <= 1:
+        return [_run_job(job) for job in todo]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch at import (spawned processes inherit it)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futures = [pool.submit(_run_job, job) for job in todo]
+            return [f.result() for f in as_completed(futures)]
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
+def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | list[int] = 3,
+            epochs: int | None = None, dataset: str = "digits", out: str | Path = "runs/compare", *,
+            data_root: str | None = None, model: str = DEFAULT_MODEL, overrides: list[str] | tuple = (),
+            latency_runs: int = 30, verbose: bool = True, workers: int | None = None,
+            overwrite: bool = False) -> list[dict]:
+    """Train every variant with every seed under one recipe; write `compare.md` and `compare.csv` into `out`
+    (and one run folder per training under `out/<variant>/seed<N>`, each with its result.json); return the rows.
+
+    The runs go to `workers` processes of one thread each (default: one per CPU core, at most one per run).
+    A second call with the same recipe reuses the finished runs and continues interrupted ones; a changed
+    recipe raises CompareFolderError unless `overwrite` (which trains every run afresh).
+    """
+    import torch
+
+    from .evaluate import measure_latency, profile_row
 
     variants = list(variants or DEFAULT_VARIANTS)
     for v in variants:
@@ -66,49 +213,73 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("compare needs at least one seed")
-    base = base_config(data, epochs, model)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    base = base_config(dataset, epochs, model)
     if data_root is not None:
         base.data.root = str(data_root)
     apply_overrides(base, list(overrides))
     out = Path(out)
+    _check_out(out, overwrite)
 
     from dynshuffle.data import get_dataset_spec
 
-    spec = get_dataset_spec(data)
-    rows, t_all = [], time.perf_counter()
+    spec = get_dataset_spec(dataset)
+    jobs = []
     for variant in variants:
-        top1, top1_soft, top5, seconds, trained = [], [], [], 0.0, None
         for seed in seed_list:
             cfg = copy.deepcopy(base)
             for key, value in _parse_variant(variant).items():
                 setattr(cfg.model, key, value)
             cfg.train.seed = seed
-            t0 = time.perf_counter()
-            result = train(cfg, out / variant.replace("+", "_") / f"seed{seed}", overwrite=True)
-            seconds += time.perf_counter() - t0
-            final = result["final"]
-            top1.append(final["val_top1"])
-            top5.append(final["val_top5"])
-            if final.get("val_top1_soft") is not None:
-                top1_soft.append(final["val_top1_soft"])
-            trained = result["model"]
-            if verbose:
-                soft = f", soft {final['val_top1_soft']:.4f}" if final.get("val_top1_soft") is not None else ""
-                print(f"compare: {variant} seed {seed}: top-1 {final['val_top1']:.4f}{soft} "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        trained = trained.cpu().eval()
+            jobs.append({"variant": variant, "seed": seed, "config": cfg.to_dict(), "verbose": verbose,
+                         "run_dir": str(out / variant.replace("+", "_") / f"seed{seed}")})
+    todo, done = _plan(jobs, out, overwrite)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    if verbose:
+        for key in done:
+            print(f"compare: {key[0]} seed {key[1]}: finished earlier with this recipe ({RESULT}), kept", flush=True)
+        if todo:
+            how = (f"{workers} worker processes, 1 thread each (OMP_NUM_THREADS=1)" if workers > 1 else
+                   f"this process, {torch.get_num_threads()} thread(s)")
+            print(f"compare: {len(todo)} run(s) to train on {how}; {len(done)} kept", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER, json.dumps({"dataset": dataset, "model": model, "variants": variants,
+                                                "seeds": seed_list, "epochs": base.train.epochs}, indent=1) + "\n")
+    t_all = time.perf_counter()
+    for r in _run_jobs(todo, workers, verbose):
+        done[(r["variant"], r["seed"])] = r
+        if verbose:
+            final = r["final"]
+            soft = f", soft {final['val_top1_soft']:.4f}" if final.get("val_top1_soft") is not None else ""
+            print(f"compare: {r['variant']} seed {r['seed']}: top-1 {final['val_top1']:.4f}{soft} "
+                  f"({r['seconds']:.0f}s)", flush=True)
+
+    from .checkpoint import build_model_from_checkpoint
+
+    rows = []
+    for variant in variants:
+        results = [done[(variant, seed)] for seed in seed_list]
+        finals = [r["final"] for r in results]
+        first_run = next(j["run_dir"] for j in jobs if j["variant"] == variant)
+        trained, _ = build_model_from_checkpoint(Path(first_run), "cpu")
+        trained.eval()
         prof = profile_row(trained, spec.image_size)
         latency = measure_latency(trained, (1, 3, spec.image_size, spec.image_size), "cpu", runs=latency_runs)
-        m, s = _mean_std(top1)
-        ms, ss = _mean_std(top1_soft)
+        m, s = _mean_std([f["val_top1"] for f in finals])
+        ms, ss = _mean_std([f["val_top1_soft"] for f in finals if f.get("val_top1_soft") is not None])
+        deps = [r["dependence"] for r in results if r.get("dependence")]
         rows.append({
             "variant": variant, "model": model, "params": prof["params"], "macs": prof["macs"],
             "latency_ms": latency, "top1_mean": m, "top1_std": s, "top1_soft_mean": ms, "top1_soft_std": ss,
-            "gap": (ms - m) if ms is not None else None, "top5_mean": _mean_std(top5)[0],
-            "seeds": len(seed_list), "epochs": base.train.epochs, "train_seconds": seconds,
+            "gap": (ms - m) if ms is not None else None, "top5_mean": _mean_std([f["val_top5"] for f in finals])[0],
+            "dynamic_layers": _mean_std([d["dynamic_layers"] for d in deps])[0],
+            "dynamic_layers_total": deps[0]["layers"] if deps else None,
+            "distinct_median": statistics.median([d["distinct_median"] for d in deps]) if deps else None,
+            "seeds": len(seed_list), "epochs": base.train.epochs, "train_seconds": sum(r["seconds"] for r in results),
         })
     total = time.perf_counter() - t_all
-    md = format_markdown(rows, data=data, model=model, seeds=seed_list, epochs=base.train.epochs, seconds=total)
+    md = format_markdown(rows, data=dataset, model=model, seeds=seed_list, epochs=base.train.epochs, seconds=total)
     atomic_write_text(out / "compare.md", md)
     atomic_write_text(out / "compare.csv", format_csv(rows))
     if verbose:
@@ -128,19 +299,26 @@ def format_markdown(rows: list[dict], *, data: str, model: str, seeds: list[int]
     lines = [
         f"# dynshuffle compare: {model} on {data}, {epochs} epochs, seeds {', '.join(map(str, seeds))}",
         "",
-        "| variant | params | multiply-adds | latency (ms, batch 1) | top-1 % (hard permutation) "
-        "| top-1 % (soft matrices) | soft − hard |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | params | multiply-adds | latency (ms, batch 1) | top-1 % (exact permutation) "
+        "| top-1 % (soft matrices) | soft − exact | data-dependent layers | distinct permutations (median) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         macs = f"{r['macs'] / 1e6:.2f} M" if r["macs"] is not None else "–"
         gap = f"{100 * r['gap']:+.2f}" if r["gap"] is not None else "–"
+        dep = (f"{r['dynamic_layers']:.1f} / {r['dynamic_layers_total']}"
+               if r.get("dynamic_layers") is not None else "–")
+        distinct = f"{r['distinct_median']:g}" if r.get("distinct_median") is not None else "–"
         lines.append(f"| {r['variant']} | {r['params'] / 1e6:.3f} M | {macs} | {r['latency_ms']:.2f} "
                      f"| {_pct(r['top1_mean'], r['top1_std'])} | {_pct(r['top1_soft_mean'], r['top1_soft_std'])} "
-                     f"| {gap} |")
+                     f"| {gap} | {dep} | {distinct} |")
     lines += ["", "Top-1 on the validation split after the last epoch, mean ± sample std over seeds. "
-              "'hard' is the exact permutation a deployed model computes; 'soft' evaluates the same weights "
-              "with the soft matrices (variants with learned or dynamic shuffles only)."]
+              "'exact' is the exact permutation a deployed model computes; 'soft' evaluates the same weights "
+              "with the soft matrices (variants with learned or dynamic shuffles only). "
+              "Data-dependent layers: dynamic-shuffle layers where at least 5 % of the validation images leave "
+              "the layer's most common permutation (mean over seeds, of all dynamic layers); distinct "
+              "permutations: median over those layers of the number of different permutations generated "
+              "(median over seeds)."]
     if seconds is not None:
         lines.append(f"Total time {seconds:.0f} s.")
     return "\n".join(lines) + "\n"

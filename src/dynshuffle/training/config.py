@@ -13,8 +13,7 @@ key (and the expected type), whether it comes from YAML or from `--set`.
     schedule: name (cosine | linear | step | constant), warmup_epochs, min_lr_factor, milestones, gamma
     shuffle:  lambda, explore_fraction, ste_fraction, temperature, final_temperature, noise, train_mode,
               eval_soft (the settings of dynshuffle.ShuffleSchedule)
-    train:    epochs, seed, device, amp, label_smoothing, steps_per_epoch, eval_steps, deterministic,
-              debug_dump_weights
+    train:    epochs, seed, device, amp, label_smoothing, steps_per_epoch, eval_steps, deterministic
     log:      tensorboard, progress, print_epochs
 """
 from __future__ import annotations
@@ -40,6 +39,13 @@ def _key(name: str | None = None, choices: tuple | None = None, doc: str = "") -
     if choices:
         meta["choices"] = choices
     return meta
+
+
+def _dataset_names() -> list[str]:
+    """The names `data.name` accepts: those of the dynshuffle.data registry (looked up when a value is set)."""
+    from dynshuffle.data import list_datasets
+
+    return list_datasets()
 
 
 @dataclass
@@ -68,7 +74,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = field(default="digits", metadata=_key(
-        choices=("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet")))
+        choices=lambda: _dataset_names(),
+        doc="a dataset of the dynshuffle.data registry"))
     root: Optional[str] = None
     download: bool = False
     batch_size: int = field(default=128, metadata=_key(doc="global batch, split evenly over processes"))
@@ -140,8 +147,6 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = field(default=None, metadata=_key(doc="cap on steps (smoke tests)"))
     eval_steps: Optional[int] = field(default=None, metadata=_key(doc="cap on evaluation batches (smoke tests)"))
     deterministic: bool = False
-    debug_dump_weights: bool = field(default=False, metadata=_key(
-        doc="test hook: every process writes its final weights to debug/rank<N>.safetensors"))
 
 
 @dataclass
@@ -280,9 +285,15 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     section, f = _lookup(cfg, dotted)
     value = _coerce(dotted, _hints(section)[f.name], value)
     choices = f.metadata.get("choices")
+    if callable(choices):  # looked up when used, e.g. the data registry's names
+        choices = tuple(choices())
     if choices and value is not None and value not in choices:
         raise ValueError(f"config key {dotted!r}: {value!r} is not one of {', '.join(map(str, choices))}")
     setattr(section, f.name, value)
+
+
+# Keys of earlier versions, skipped when a saved config is loaded (so old run folders still resume).
+REMOVED_KEYS = {"train.debug_dump_weights"}
 
 
 def update(cfg: Config, data: dict) -> Config:
@@ -299,7 +310,8 @@ def update(cfg: Config, data: dict) -> Config:
         if not isinstance(values, dict):
             raise ValueError(f"config section {sec_name!r}: expected a mapping of keys, got {values!r}")
         for key, value in values.items():
-            set_value(cfg, f"{sec_name}.{key}", value)
+            if f"{sec_name}.{key}" not in REMOVED_KEYS:
+                set_value(cfg, f"{sec_name}.{key}", value)
     validate(cfg)
     return cfg
 
@@ -379,7 +391,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"{where}: not valid YAML ({problem})") from None
         try:
             update(cfg, data or {})
         except ValueError as err:

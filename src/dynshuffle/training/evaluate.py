@@ -10,59 +10,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dynshuffle.data.loaders import ShardSampler, make_loader
+
 from . import distributed as D
-
-
-class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world, ... in order: every example exactly once over all processes (no padding,
-    unlike DistributedSampler), so all-reduced evaluation sums are exact."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
-        self.indices = range(rank, length, world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class InMemoryBatches(Dataset):
-    """A view of a dataset holding `.images` (N, 3, S, S) uint8 and `.labels` that the DataLoader fetches a
-    whole batch at a time (`__getitems__`): one index op per batch instead of one Python call per image."""
-
-    def __init__(self, base: Dataset):
-        self.images = base.images
-        self.labels = torch.as_tensor(base.labels, dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int):
-        return self.images[index], int(self.labels[index])
-
-    def __getitems__(self, indices: list[int]):
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[idx], self.labels[idx]
-
-
-def _keep_batch(batch):
-    return batch
-
-
-def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader for uint8 image datasets; in-memory ones are fetched a batch at a time."""
-    collate = None
-    if hasattr(dataset, "images") and hasattr(dataset, "labels") and isinstance(dataset.images, torch.Tensor):
-        dataset, collate = InMemoryBatches(dataset), _keep_batch
-    kwargs = {"collate_fn": collate} if collate is not None else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last,
-                      persistent_workers=workers > 0, **kwargs)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -148,6 +101,52 @@ def evaluate_modes(model: nn.Module, loader: DataLoader, transform, device: torc
         for m, mode in zip(modules, modes):
             m.mode = mode
     return result
+
+
+DATA_DEPENDENT_FRACTION = 0.05  # a layer is data-dependent when >= 5 % of samples leave its most common permutation
+
+
+def first_images(loader: DataLoader, transform, device: torch.device, count: int) -> torch.Tensor:
+    """The first `count` (or fewer) images of `loader`, transformed as for evaluation."""
+    chunks, seen = [], 0
+    for images, _ in loader:
+        chunks.append(transform(images.to(device)))
+        seen += chunks[-1].shape[0]
+        if seen >= count:
+            break
+    return torch.cat(chunks)[:count]
+
+
+def dynamic_dependence(model: nn.Module, images: torch.Tensor, threshold: float = DATA_DEPENDENT_FRACTION) -> dict | None:
+    """How data-dependent the dynamic shuffles of `model` are on `images` (exact permutations, eval mode).
+
+    Returns None for a model without dynamic shuffles, else {"dynamic_layers": number of dynamic layers where at
+    least `threshold` of the samples are off the layer's most common permutation, "distinct_median": median over
+    the dynamic layers of the number of distinct permutations, "layers": number of dynamic layers}.
+    """
+    from dynshuffle.inspection import permutation_stats, shuffle_layers
+    from dynshuffle.layers import DynamicShuffle
+
+    if not any(isinstance(m, DynamicShuffle) for m in shuffle_layers(model).values()):
+        return None
+    # permutation_stats calls the modules outside its own eval context: eval mode here keeps BatchNorm
+    # running statistics untouched (a model in training mode would otherwise update them).
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stats = permutation_stats(model, images, keep_permutations=True)
+    finally:
+        model.train(was_training)
+    dependent, distinct = 0, []
+    for s in stats.values():
+        if s["kind"] != "dynamic":
+            continue
+        _, counts = torch.unique(s["permutations"], dim=0, return_counts=True)
+        dependent += int(1.0 - float(counts.max()) / s["samples"] >= threshold)
+        distinct.append(int(counts.numel()))
+    return {"dynamic_layers": dependent, "distinct_median": float(statistics.median(distinct)),
+            "layers": len(distinct)}
 
 
 @torch.inference_mode()

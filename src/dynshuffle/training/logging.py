@@ -13,8 +13,10 @@ from dynshuffle.utils import atomic_write_text
 COLUMNS = [
     "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
     "val_top1_hard", "val_top1_soft", "val_top5_soft", "val_loss_soft",
-    "lr", "lambda", "penalty", "shuffle_mode", "images_per_s", "seconds",
+    "lr", "lambda", "penalty", "shuffle_mode", "dynamic_layers", "distinct_median", "images_per_s", "seconds",
 ]
+# dynamic_layers: dynamic-shuffle layers where >= 5 % of the first eval images leave the layer's most common
+# permutation (data-dependent layers); distinct_median: median number of distinct permutations per layer.
 
 
 def _fmt(value) -> str:

@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: setup, data, model, optimizer, resume, then epochs.
+"""The training loop, top to bottom: `train` = check the run folder, `setup`, `restore` (resume), then per epoch
+`train_one_epoch` and `evaluate_and_save`.
 
 One process (`dynshuffle train ...`) or many under torchrun (`torchrun --nproc_per_node=8 -m dynshuffle.cli
 train ...`): the same code. Per epoch: pick the shuffle mode of the binarization schedule (soft, then
@@ -8,10 +9,12 @@ matrices, write log.csv, save `best` and `last` checkpoints (rank 0 only).
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +27,17 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .config import Config, diff_configs, save_config
-from .evaluate import autocast, evaluate_modes, has_shuffle_modes, make_loader, progress_enabled, ShardSampler
+from dynshuffle.data.loaders import ShardSampler, make_loader
+
+from .config import Config, save_config
+from .evaluate import (autocast, dynamic_dependence, evaluate_modes, first_images, has_shuffle_modes,
+                       progress_enabled)
 from .logging import TensorBoard, write_csv
-from .optim import build_optimizer, build_schedule, peak_lr
+from .optim import LRSchedule, build_lr_schedule, build_optimizer, peak_lr, set_lr
 
 
 class NonFiniteLossError(ValueError):
-    """The loss became NaN or infinite; the run stopped and its last good checkpoint is untouched."""
+    """The loss became NaN or infinite; the run stopped (a checkpoint it wrote before is untouched)."""
 
 
 class RunFolderError(ValueError):
@@ -62,244 +68,395 @@ def layer_options(cfg: Config) -> dict:
     return {k: getattr(cfg.model, k) for k in keys if getattr(cfg.model, k) is not None}
 
 
+# Keys a resumed run cannot change: the weights and the data order were built from them.
+FIXED_ON_RESUME = ("model.", "data.name", "data.batch_size")
+DEPENDENCE_IMAGES = 128  # images of the first eval batches for the per-epoch data-dependence columns
+
+
+@dataclass
+class EpochStats:
+    """Sums over one epoch's training steps (this process's share until `all_reduce`)."""
+
+    sums: torch.Tensor  # float64 (loss * n, correct, penalty * n, images): one tensor, one all-reduce
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochStats":
+        return cls(torch.zeros(4, dtype=torch.float64, device=device))
+
+    def add(self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, penalty: torch.Tensor) -> None:
+        n = labels.numel()
+        self.sums += torch.stack([ce.detach().double() * n, (logits.detach().argmax(1) == labels).sum().double(),
+                                  penalty.detach().double() * n, self.sums.new_tensor(n)])
+
+    def all_reduce(self, ctx: D.DistContext) -> "EpochStats":
+        D.all_reduce_sum(self.sums, ctx)
+        return self
+
+    @property
+    def images(self) -> float:
+        return float(self.sums[3])
+
+    def mean(self, index: int) -> float:
+        return float(self.sums[index]) / max(1.0, self.images)
+
+    @property
+    def loss(self) -> float:
+        return self.mean(0)
+
+    @property
+    def top1(self) -> float:
+        return self.mean(1)
+
+    @property
+    def penalty(self) -> float:
+        return self.mean(2)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds: set up once by `setup`, advanced by `train_one_epoch`."""
+
+    cfg: Config
+    run_dir: Path
+    ctx: D.DistContext
+    spec: object
+    train_loader: object
+    val_loader: object
+    train_sampler: DistributedSampler
+    train_tf: nn.Module
+    val_tf: nn.Module
+    aug_gen: torch.Generator
+    model: nn.Module  # DDP-wrapped under torchrun
+    raw_model: nn.Module  # checkpoints, evaluation and the penalty read the bare model
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    peak_lr: float
+    lr_schedule: LRSchedule
+    shuffle_schedule: object | None
+    amp_dtype: torch.dtype | None
+    steps_per_epoch: int
+    show_bars: bool
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    history: list = field(default_factory=list)
+    saved_epoch: int | None = None  # the epoch of the checkpoint this run folder holds (None: none yet)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.train.epochs
+
+    def lr_at(self, step: int) -> float:
+        return self.peak_lr * self.lr_schedule(step)
+
+
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          model: nn.Module | None = None, data_root: str | None = None) -> dict:
-    """Train per `cfg` into the run folder `out_dir`; returns {"run_dir", "history", "best_top1", "final"}.
+          model: nn.Module | None = None, data_root: str | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train per `cfg` into the run folder `out_dir`; returns {"run_dir", "history", "best_top1", "final", "model"}.
 
     `model`: train this module instead of building `cfg.model` (its `config` attribute, when present,
-    is saved so the checkpoint can be rebuilt). `data_root` overrides `cfg.data.root`.
+    is saved so the checkpoint can be rebuilt). `data_root` overrides `cfg.data.root`. `cfg` is not changed.
+    `on_epoch(row)` is called (on rank 0) with each epoch's log row once its checkpoint is saved.
+    With `resume`, the keys of FIXED_ON_RESUME must match the checkpoint's; others (optim.lr,
+    train.epochs, schedule.*, shuffle.*, ...) take their new values from the next step on.
     """
-    run_dir = Path(out_dir)
+    cfg = copy.deepcopy(cfg)
     if data_root is not None:
         cfg.data.root = str(data_root)
-
-    # ---- processes and device ---------------------------------------------------------------------
+    run_dir = Path(out_dir)
     ctx = D.setup(cfg.train.device)
-    device, main = ctx.device, ctx.is_main
     try:
-        # ---- run folder: refuse to clobber a previous run by accident --------------------------------
-        last_state = run_dir / "last.state.pt"
-        if resume and not last_state.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from ({last_state} does not exist)")
-        if not resume and not overwrite and last_state.exists():
-            raise RunFolderError(f"{run_dir} already holds a run (last.state.pt); pass --resume to continue "
-                                 f"it or choose another --out")
-        if main:
+        state = check_run_folder(cfg, run_dir, resume=resume, overwrite=overwrite)
+        if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-
-        # ---- seeds --------------------------------------------------------------------------------------
-        seed = cfg.train.seed
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-        # ---- data: uint8 batches from the loader, augmentation + normalisation on the device ----------
-        from dynshuffle.data import BatchTransform, build_datasets, get_dataset_spec
-
-        spec = get_dataset_spec(cfg.data.name)
-        if cfg.data.download and ctx.distributed and not main:
-            D.barrier(ctx)  # rank 0 downloads first
-        train_set, val_set = build_datasets(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
-        if cfg.data.download and ctx.distributed and main:
-            D.barrier(ctx)
-        if cfg.data.batch_size % ctx.world_size:
-            raise ValueError(f"config key 'data.batch_size': {cfg.data.batch_size} does not split evenly "
-                             f"over {ctx.world_size} processes")
-        batch = cfg.data.batch_size // ctx.world_size
-        train_sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
-                                           shuffle=True, seed=seed, drop_last=True)
-        train_loader = make_loader(train_set, batch, train_sampler, cfg.data.workers, device, drop_last=True)
-        val_loader = make_loader(val_set, cfg.data.eval_batch_size or batch,
-                                 ShardSampler(len(val_set), ctx.rank, ctx.world_size), cfg.data.workers, device)
-        if len(train_loader) == 0:
-            raise ValueError(f"config key 'data.batch_size': {cfg.data.batch_size} is larger than the "
-                             f"{len(train_set)} training images (batches are dropped when incomplete)")
-        train_tf = BatchTransform(spec, train=True).to(device)
-        val_tf = BatchTransform(spec, train=False).to(device)
-        aug_gen = torch.Generator(device=device)  # reseeded every epoch: resumable augmentation
-
-        # ---- model -----------------------------------------------------------------------------------------
-        if model is None:
-            model = build_model(cfg, spec.num_classes, spec.stem)
-        model = model.to(device)
-        dynamic = has_shuffle_modes(model)
-        if ctx.distributed and device.type == "cuda" and cfg.model.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        raw_model = model  # checkpoints, evaluation and the penalty read the bare model
-
-        # ---- optimizer and per-iteration schedule ---------------------------------------------------------
-        epochs = cfg.train.epochs
-        steps_per_epoch = len(train_loader)
-        if cfg.train.steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
-        lr = peak_lr(cfg.optim, cfg.data.batch_size)
-        optimizer = build_optimizer(raw_model, cfg.optim, lr)
-        scheduler = build_schedule(optimizer, cfg.schedule, epochs, steps_per_epoch)
-        amp_dtype = _amp_dtype(cfg.train.amp, device)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        if scaler.is_enabled():  # fp16 skips the optimizer step on overflow; the schedule moves on anyway
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        from dynshuffle.schedule import ShuffleSchedule
-
-        shuffle_schedule = ShuffleSchedule(raw_model, epochs * steps_per_epoch, **cfg.shuffle.recipe()) \
-            if dynamic else None
-
-        # ---- resume: weights, optimizer, schedule, scaler, RNG, history ----------------------------------
-        start_epoch, best_top1, history = 0, -1.0, []
-        if resume:
-            tensors, _, state = ckpt.load_checkpoint(last_state)
-            ckpt.load_model_weights(raw_model, tensors, run_dir / "last.safetensors")
-            optimizer.load_state_dict(state["optimizer"])
-            # The step count comes from the checkpoint, the schedule's shape from the config in use (so a
-            # resumed run may extend train.epochs): drop the saved schedule object's attributes.
-            sched_state = dict(state["scheduler"])
-            sched_state["lr_lambdas"] = [None] * len(sched_state.get("lr_lambdas", []))
-            scheduler.load_state_dict(sched_state)
-            scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
-            if ctx.rank:  # rank 0's RNG was saved; other ranks get their own deterministic streams
-                torch.manual_seed(seed + 1000 * ctx.rank + state["epoch"])
-            start_epoch, best_top1, history = state["epoch"], state["best_top1"], list(state["history"])
-            if main:
-                changed = diff_configs(Config.from_dict(state["config"]), cfg) if state.get("config") else []
-                if changed:
-                    print(f"resume: config differs from the checkpoint's: {'; '.join(changed)}")
-                print(f"resume: {run_dir} from epoch {start_epoch}/{epochs}")
+        run = setup(cfg, run_dir, ctx, model)
+        if state is not None:
+            restore(run, state)
         elif ctx.rank:
-            torch.manual_seed(seed + 1000 * ctx.rank)
-
+            torch.manual_seed(cfg.train.seed + 1000 * ctx.rank)
         if ctx.distributed:
             # Every dynamic module's training path gives its generator a gradient: no unused parameters.
-            model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-        if main and cfg.log.print_epochs:
-            params = sum(p.numel() for p in raw_model.parameters())
-            print(f"train: {cfg.model.name} (shuffle {cfg.model.shuffle}, pointwise {cfg.model.pointwise}, "
-                  f"{params / 1e6:.3f} M params) on {spec.name}: {ctx.world_size} process(es) on {device.type}, "
-                  f"batch {cfg.data.batch_size}, {steps_per_epoch} steps/epoch, {epochs} epochs -> {run_dir}",
-                  flush=True)
-        logger = TensorBoard(run_dir / "tb", enabled=main and cfg.log.tensorboard, purge_step=start_epoch + 1)
-        show_bars = progress_enabled(cfg.log.progress, ctx)
-        label_smoothing = cfg.train.label_smoothing
-        check_every = 1 if device.type == "cpu" else 50
-
-        # ---- epochs ----------------------------------------------------------------------------------------
-        for epoch in range(start_epoch, epochs):
+            run.model = DDP(run.raw_model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        announce(run, model_given=model is not None)
+        logger = TensorBoard(run_dir / "tb", enabled=ctx.is_main and cfg.log.tensorboard,
+                             purge_step=run.start_epoch + 1)
+        for epoch in range(run.start_epoch, run.epochs):
             t_epoch = time.perf_counter()
-            mode = None
-            train_sampler.set_epoch(epoch)
-            aug_gen.manual_seed(seed * 1_000_003 + epoch * 1_009 + ctx.rank)
-            model.train()
-
-            sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, penalty, images
-            bad_loss = torch.zeros((), device=device)  # holds a non-finite loss once one occurs
-            t_train = time.perf_counter()
-            bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                       disable=not show_bars, dynamic_ncols=True)
-            for step, (images, labels) in enumerate(bar):
-                if step >= steps_per_epoch:
-                    break
-                images = train_tf(images.to(device, non_blocking=True), generator=aug_gen)
-                labels = labels.to(device, non_blocking=True)
-                if dynamic:
-                    global_step = epoch * steps_per_epoch + step
-                    shuffle_schedule.step(global_step)
-                    mode = shuffle_schedule.mode_at(global_step)
-                    lam = shuffle_schedule.lambda_at(global_step)
-
-                with autocast(device, amp_dtype):
-                    logits = model(images)
-                ce = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-                penalty = shuffle_schedule.penalty() if dynamic else ce.new_zeros(())
-                loss = ce + penalty
-
-                # A NaN/inf loss stops the run before it can reach a checkpoint (all ranks agree). On a GPU
-                # the check reads the flag every `check_every` steps, so that it costs no sync per step.
-                bad_loss = torch.where(torch.isfinite(loss.detach()), bad_loss, loss.detach())
-                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
-                    D.all_reduce_sum(bad_loss, ctx)
-                    if not torch.isfinite(bad_loss):
-                        where = f"step {step + 1}" if check_every == 1 else f"by step {step + 1}"
-                        raise NonFiniteLossError(
-                            f"loss is {float(bad_loss)} at epoch {epoch + 1}, {where} (lr "
-                            f"{scheduler.get_last_lr()[0]:.4g}); stopped. The last good checkpoint "
-                            f"is kept in {run_dir} (resume with --resume, perhaps with a lower optim.lr)")
-
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-
-                n = labels.numel()
-                sums[0] += ce.detach() * n
-                sums[1] += (logits.detach().argmax(1) == labels).sum()
-                sums[2] += penalty.detach() * n  # weighted by lambda
-                sums[3] += n
-                if show_bars and step % 10 == 0:
-                    seen = float(sums[3])
-                    bar.set_postfix(loss=f"{float(sums[0]) / seen:.3f}", acc=f"{float(sums[1]) / seen:.3f}",
-                                    img_s=f"{seen * ctx.world_size / (time.perf_counter() - t_train):.0f}")
-            bar.close()
-            train_seconds = time.perf_counter() - t_train
-            D.all_reduce_sum(sums, ctx)
-            seen = max(1.0, float(sums[3]))
-
-            # ---- evaluate: exact permutation (the deployed model) and soft matrices -----------------------
-            D.average_buffers(raw_model, ctx)
-            ev = evaluate_modes(raw_model, val_loader, val_tf, device, soft=cfg.shuffle.eval_soft,
-                                amp_dtype=amp_dtype, ctx=ctx, progress=show_bars, max_batches=cfg.train.eval_steps)
-            hard, soft = ev["hard"], ev["soft"]
-            row = {
-                "epoch": epoch + 1, "train_loss": float(sums[0]) / seen, "train_top1": float(sums[1]) / seen,
-                "val_loss": hard["loss"], "val_top1": hard["top1"], "val_top5": hard["top5"],
-                "val_top1_hard": hard["top1"] if dynamic else None,
-                "val_top1_soft": soft["top1"] if soft else None, "val_top5_soft": soft["top5"] if soft else None,
-                "val_loss_soft": soft["loss"] if soft else None,
-                "lr": optimizer.param_groups[0]["lr"], "lambda": lam if dynamic else None,
-                "penalty": float(sums[2]) / seen if dynamic else None, "shuffle_mode": mode,
-                "images_per_s": seen / max(train_seconds, 1e-9), "seconds": time.perf_counter() - t_epoch,
-            }
-            history.append(row)
-
-            # ---- checkpoints (best first, then last: a crash in between leaves a consistent pair) ----------
-            is_best = hard["top1"] > best_top1
-            best_top1 = max(best_top1, hard["top1"])
-            if main:
-                state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": ckpt.rng_state(), "best_top1": best_top1, "history": history}
-                cfg_dict = cfg.to_dict()
-                if is_best:
-                    ckpt.save_checkpoint(run_dir, "best", raw_model, state, cfg_dict)
-                ckpt.save_checkpoint(run_dir, "last", raw_model, state, cfg_dict)
-                write_csv(run_dir / "log.csv", history)
-                logger.log_row(row, epoch + 1)
-                if cfg.log.print_epochs:
-                    print(_summary(row, epochs), flush=True)
-            D.barrier(ctx)
-
-        if shuffle_schedule is not None:
-            shuffle_schedule.finish()  # the returned model runs as trained: "auto" (soft in train, exact in eval)
-
-        # ---- end: test hook for the multi-process test ------------------------------------------------------
-        if cfg.train.debug_dump_weights:
-            ckpt.save_weights(raw_model, run_dir / "debug" / f"rank{ctx.rank}.safetensors")
-            D.barrier(ctx)
+            stats, last = train_one_epoch(run, epoch)
+            row = evaluate_and_save(run, epoch, stats, last, t_epoch, logger)
+            if ctx.is_main and cfg.log.print_epochs:
+                print(_summary(row, run.epochs), flush=True)
+            if ctx.is_main and on_epoch is not None:
+                on_epoch(row)
+        if run.shuffle_schedule is not None:
+            run.shuffle_schedule.finish()  # the returned model runs as trained: "auto" (soft in train, exact in eval)
         logger.close()
-        return {"run_dir": str(run_dir), "history": history, "best_top1": best_top1,
-                "final": history[-1] if history else None, "model": raw_model}
+        return {"run_dir": str(run_dir), "history": run.history, "best_top1": run.best_top1,
+                "final": run.history[-1] if run.history else None, "model": run.raw_model}
     finally:
         D.cleanup(ctx)
+
+
+# ---- setup --------------------------------------------------------------------------------------------------
+
+def check_run_folder(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> dict | None:
+    """Refuse to clobber a previous run by accident; with `resume`, the checkpoint state (overrides checked)."""
+    last_state = run_dir / "last.state.pt"
+    if resume and not last_state.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from ({last_state} not found)")
+    if not resume and not overwrite and last_state.exists():
+        raise RunFolderError(f"{run_dir} already holds a run (last.state.pt); pass --resume to continue it, "
+                             f"--overwrite to start afresh in it, or choose another --out")
+    if not resume:
+        return None
+    tensors, _, state = ckpt.load_checkpoint(last_state)
+    state["_tensors"] = tensors
+    check_resume_overrides(state.get("config"), cfg)
+    return state
+
+
+def resume_changes(saved: dict | None, cfg: Config) -> tuple[list[str], list[str]]:
+    """(changed keys, of which those that cannot change on resume), as 'section.key: old -> new'."""
+    if not saved:
+        return [], []
+    changed, refused = [], []
+    new = cfg.to_dict()
+    for sec, values in new.items():
+        for key, value in values.items():
+            old = (saved.get(sec) or {}).get(key, value)
+            if old != value:
+                dotted = f"{sec}.{key}"
+                changed.append(f"{dotted}: {old!r} -> {value!r}")
+                if dotted.startswith(FIXED_ON_RESUME):
+                    refused.append(changed[-1])
+    return changed, refused
+
+
+def check_resume_overrides(saved: dict | None, cfg: Config) -> None:
+    _, refused = resume_changes(saved, cfg)
+    if refused:
+        raise ValueError(f"--resume cannot change {'; '.join(refused)} (the model, the dataset and the batch "
+                         f"size are fixed for a run; start a new run with --out or --overwrite)")
+
+
+def _seed(cfg: Config, device: torch.device) -> None:
+    seed = cfg.train.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _data(cfg: Config, ctx: D.DistContext):
+    """(spec, train_sampler, train_loader, val_loader): uint8 batches; augmentation runs on the device."""
+    from dynshuffle.data import build_datasets, get_dataset_spec
+
+    spec = get_dataset_spec(cfg.data.name)
+    if cfg.data.download and ctx.distributed and not ctx.is_main:
+        D.barrier(ctx)  # rank 0 downloads first
+    train_set, val_set = build_datasets(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
+    if cfg.data.download and ctx.distributed and ctx.is_main:
+        D.barrier(ctx)
+    if cfg.data.batch_size % ctx.world_size:
+        raise ValueError(f"config key 'data.batch_size': {cfg.data.batch_size} does not split evenly "
+                         f"over {ctx.world_size} processes")
+    batch = cfg.data.batch_size // ctx.world_size
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.train.seed, drop_last=True)
+    train_loader = make_loader(train_set, batch, sampler, cfg.data.workers, ctx.device, drop_last=True)
+    val_loader = make_loader(val_set, cfg.data.eval_batch_size or batch,
+                             ShardSampler(len(val_set), ctx.rank, ctx.world_size), cfg.data.workers, ctx.device)
+    if len(train_loader) == 0:
+        raise ValueError(f"config key 'data.batch_size': {cfg.data.batch_size} is larger than the "
+                         f"{len(train_set)} training images (batches are dropped when incomplete)")
+    return spec, sampler, train_loader, val_loader
+
+
+def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | None = None) -> Run:
+    """Seeds, data, model, optimizer, lr and shuffle schedules: a run at step 0."""
+    from dynshuffle.data import BatchTransform
+    from dynshuffle.schedule import ShuffleSchedule
+
+    device = ctx.device
+    _seed(cfg, device)
+    spec, sampler, train_loader, val_loader = _data(cfg, ctx)
+    if model is None:
+        model = build_model(cfg, spec.num_classes, spec.stem)
+    model = model.to(device)
+    if ctx.distributed and device.type == "cuda" and cfg.model.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    steps_per_epoch = len(train_loader)
+    if cfg.train.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    peak = peak_lr(cfg.optim, cfg.data.batch_size)
+    amp_dtype = _amp_dtype(cfg.train.amp, device)
+    shuffle_schedule = ShuffleSchedule(model, total_steps, **cfg.shuffle.recipe()) \
+        if has_shuffle_modes(model) else None
+    return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, spec=spec, train_loader=train_loader, val_loader=val_loader,
+               train_sampler=sampler, train_tf=BatchTransform(spec, train=True).to(device),
+               val_tf=BatchTransform(spec, train=False).to(device),
+               aug_gen=torch.Generator(device=device),  # reseeded every epoch: resumable augmentation
+               model=model, raw_model=model, optimizer=build_optimizer(model, cfg.optim, peak),
+               scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), peak_lr=peak,
+               lr_schedule=build_lr_schedule(cfg.schedule, cfg.train.epochs, steps_per_epoch),
+               shuffle_schedule=shuffle_schedule, amp_dtype=amp_dtype, steps_per_epoch=steps_per_epoch,
+               show_bars=progress_enabled(cfg.log.progress, ctx))
+
+
+def restore(run: Run, state: dict) -> None:
+    """Continue from a checkpoint: weights, optimizer (momentum), scaler, RNG, history. The lr and the shuffle
+    schedule are functions of the step, rebuilt from the config in use (a stored "scheduler" is ignored)."""
+    ckpt.load_model_weights(run.raw_model, state["_tensors"], run.run_dir / "last.safetensors")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    ckpt.set_rng_state(state["rng"])
+    if run.ctx.rank:  # rank 0's RNG was saved; other ranks get their own deterministic streams
+        torch.manual_seed(run.cfg.train.seed + 1000 * run.ctx.rank + state["epoch"])
+    run.start_epoch, run.best_top1 = state["epoch"], state["best_top1"]
+    run.history, run.saved_epoch = list(state["history"]), state["epoch"]
+    if run.ctx.is_main:
+        changed, _ = resume_changes(state.get("config"), run.cfg)
+        if changed:
+            print(f"resume: new values from this run's config: {'; '.join(changed)}")
+        print(f"resume: {run.run_dir} from epoch {run.start_epoch}/{run.epochs}")
+
+
+def announce(run: Run, model_given: bool) -> None:
+    cfg = run.cfg
+    if not (run.ctx.is_main and cfg.log.print_epochs):
+        return
+    params = sum(p.numel() for p in run.raw_model.parameters())
+    what = type(run.raw_model).__name__ if model_given else \
+        f"{cfg.model.name} (shuffle {cfg.model.shuffle}, pointwise {cfg.model.pointwise}"
+    what += f" ({params / 1e6:.3f} M params)" if model_given else f", {params / 1e6:.3f} M params)"
+    print(f"train: {what} on {run.spec.name}: {run.ctx.world_size} process(es) on {run.device.type}, "
+          f"batch {cfg.data.batch_size}, {run.steps_per_epoch} steps/epoch, {run.epochs} epochs -> {run.run_dir}",
+          flush=True)
+
+
+# ---- one epoch ------------------------------------------------------------------------------------------------
+
+def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
+    """Train one epoch; returns its statistics (all-reduced) and {"lr", "lambda", "mode"} of its last step."""
+    cfg, ctx, device = run.cfg, run.ctx, run.device
+    run.train_sampler.set_epoch(epoch)
+    run.aug_gen.manual_seed(cfg.train.seed * 1_000_003 + epoch * 1_009 + ctx.rank)
+    run.model.train()
+    stats = EpochStats.zeros(device)
+    bad_loss = torch.zeros((), device=device)  # holds a non-finite loss once one occurs
+    check_every = 1 if device.type == "cpu" else 50
+    last = {"lr": None, "lambda": None, "mode": None}
+    t_train = time.perf_counter()
+    bar = tqdm(run.train_loader, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
+               disable=not run.show_bars, dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        if step >= run.steps_per_epoch:
+            break
+        global_step = epoch * run.steps_per_epoch + step
+        last["lr"] = run.lr_at(global_step)
+        set_lr(run.optimizer, last["lr"])
+        if run.shuffle_schedule is not None:
+            run.shuffle_schedule.step(global_step)
+            last["mode"] = run.shuffle_schedule.mode_at(global_step)
+            last["lambda"] = run.shuffle_schedule.lambda_at(global_step)
+        images = run.train_tf(images.to(device, non_blocking=True), generator=run.aug_gen)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, run.amp_dtype):
+            logits = run.model(images)
+        ce = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
+        penalty = run.shuffle_schedule.penalty() if run.shuffle_schedule is not None else ce.new_zeros(())
+        loss = ce + penalty
+
+        # A NaN/inf loss stops the run before it can reach a checkpoint (all ranks agree). On a GPU the
+        # check reads the flag every `check_every` steps, so that it costs no sync per step.
+        bad_loss = torch.where(torch.isfinite(loss.detach()), bad_loss, loss.detach())
+        if (step + 1) % check_every == 0 or step + 1 == run.steps_per_epoch:
+            D.all_reduce_sum(bad_loss, ctx)
+            if not torch.isfinite(bad_loss):
+                raise NonFiniteLossError(_nan_message(run, float(bad_loss), epoch, step, check_every, last["lr"]))
+
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.optim.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.raw_model.parameters(), cfg.optim.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+
+        stats.add(ce, logits, labels, penalty)
+        if run.show_bars and step % 10 == 0:
+            seen = stats.images
+            bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.top1:.3f}",
+                            img_s=f"{seen * ctx.world_size / (time.perf_counter() - t_train):.0f}")
+    bar.close()
+    last["train_seconds"] = time.perf_counter() - t_train
+    return stats.all_reduce(ctx), last
+
+
+def _nan_message(run: Run, value: float, epoch: int, step: int, check_every: int, lr: float) -> str:
+    """What happened, what the run folder holds, and what to do (one line)."""
+    where = f"step {step + 1}" if check_every == 1 else f"by step {step + 1}"
+    lower = f"{lr / 10:.3g}"
+    text = f"loss is {value} at epoch {epoch + 1}, {where} (lr {lr:.4g}); stopped. "
+    if run.saved_epoch is not None:
+        return text + (f"{run.run_dir} holds the checkpoint of epoch {run.saved_epoch}: lower optim.lr and "
+                       f"continue it, e.g. dynshuffle train --out {run.run_dir} --resume --set optim.lr={lower}")
+    return text + (f"No checkpoint was written (the first epoch did not finish): lower optim.lr and start again, "
+                   f"e.g. with --overwrite --set optim.lr={lower}")
+
+
+# ---- evaluate and save --------------------------------------------------------------------------------------
+
+def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epoch: float, logger) -> dict:
+    """Evaluate with the exact permutation (the deployed model) and the soft matrices, append the log row,
+    save `best` then `last` (a crash in between leaves a consistent pair). Returns the row."""
+    cfg, ctx, dynamic = run.cfg, run.ctx, run.shuffle_schedule is not None
+    D.average_buffers(run.raw_model, ctx)
+    ev = evaluate_modes(run.raw_model, run.val_loader, run.val_tf, run.device, soft=cfg.shuffle.eval_soft,
+                        amp_dtype=run.amp_dtype, ctx=ctx, progress=run.show_bars, max_batches=cfg.train.eval_steps)
+    hard, soft = ev["hard"], ev["soft"]
+    dependence = None
+    if dynamic and ctx.is_main:
+        dependence = dynamic_dependence(run.raw_model, first_images(run.val_loader, run.val_tf, run.device,
+                                                                    DEPENDENCE_IMAGES))
+    row = {
+        "epoch": epoch + 1, "train_loss": stats.loss, "train_top1": stats.top1,
+        "val_loss": hard["loss"], "val_top1": hard["top1"], "val_top5": hard["top5"],
+        "val_top1_hard": hard["top1"] if dynamic else None,
+        "val_top1_soft": soft["top1"] if soft else None, "val_top5_soft": soft["top5"] if soft else None,
+        "val_loss_soft": soft["loss"] if soft else None,
+        "lr": last["lr"], "lambda": last["lambda"], "penalty": stats.penalty if dynamic else None,
+        "shuffle_mode": last["mode"],
+        "dynamic_layers": dependence["dynamic_layers"] if dependence else None,
+        "distinct_median": dependence["distinct_median"] if dependence else None,
+        "images_per_s": stats.images / max(last["train_seconds"], 1e-9), "seconds": time.perf_counter() - t_epoch,
+    }
+    run.history.append(row)
+    is_best = hard["top1"] > run.best_top1
+    run.best_top1 = max(run.best_top1, hard["top1"])
+    if ctx.is_main:
+        state = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
+                 "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+                 "rng": ckpt.rng_state(), "best_top1": run.best_top1, "history": run.history}
+        cfg_dict = cfg.to_dict()
+        if is_best:
+            ckpt.save_checkpoint(run.run_dir, "best", run.raw_model, state, cfg_dict)
+        ckpt.save_checkpoint(run.run_dir, "last", run.raw_model, state, cfg_dict)
+        write_csv(run.run_dir / "log.csv", run.history)
+        logger.log_row(row, epoch + 1)
+    run.saved_epoch = epoch + 1
+    D.barrier(ctx)
+    return row
 
 
 def _summary(row: dict, epochs: int) -> str:
@@ -312,4 +469,6 @@ def _summary(row: dict, epochs: int) -> str:
         text += f"  soft top1 {pct(row['val_top1_soft'])}"
     if row.get("penalty") is not None:
         text += f"  penalty {row['penalty']:.4f} ({row['shuffle_mode']})"
+    if row.get("dynamic_layers") is not None:
+        text += f"  data-dependent layers {row['dynamic_layers']}, distinct median {row['distinct_median']:g}"
     return text + f"  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"

@@ -48,7 +48,9 @@ def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optim
 class LRSchedule:
     """lr factor at iteration `step` (0-based): linear warm-up to 1, then cosine / linear / step / constant.
 
-    A plain object (not a closure) so that LambdaLR's state_dict can save and restore it.
+    The learning rate is a pure function of the step: `lr = peak * schedule(step)`, set on the optimizer's
+    parameter groups before every step, so a resumed run needs only the step count (and a resumed run may
+    change the schedule, the peak lr or the number of epochs).
     """
 
     def __init__(self, name: str, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0,
@@ -76,16 +78,20 @@ class LRSchedule:
         return self.min_factor + (1.0 - self.min_factor) * (1.0 - t)  # linear
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, sched_cfg, epochs: int, steps_per_epoch: int):
-    """A per-iteration LambdaLR: call `.step()` after every optimizer step."""
+def build_lr_schedule(sched_cfg, epochs: int, steps_per_epoch: int) -> LRSchedule:
+    """The per-iteration lr factor of the `schedule` config section over `epochs` x `steps_per_epoch`."""
     milestones = sched_cfg.milestones
     if milestones is None:
         milestones = [epochs // 2, (3 * epochs) // 4]
-    schedule = LRSchedule(sched_cfg.name, total_steps=epochs * steps_per_epoch,
-                          warmup_steps=round(sched_cfg.warmup_epochs * steps_per_epoch),
-                          min_factor=sched_cfg.min_lr_factor,
-                          milestones=[m * steps_per_epoch for m in milestones], gamma=sched_cfg.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return LRSchedule(sched_cfg.name, total_steps=epochs * steps_per_epoch,
+                      warmup_steps=round(sched_cfg.warmup_epochs * steps_per_epoch),
+                      min_factor=sched_cfg.min_lr_factor,
+                      milestones=[m * steps_per_epoch for m in milestones], gamma=sched_cfg.gamma)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def peak_lr(optim_cfg, global_batch: int) -> float:
