@@ -89,6 +89,29 @@ def eager_rows(fixed: nn.Module, dynamic: nn.Module, repeats: int) -> list[dict]
     return rows
 
 
+def layer_rows(repeats: int) -> list[dict]:
+    """Hard DynamicShuffle (as trained, and fused) / nn.ChannelShuffle at ShuffleNetV2 1.0x's ImageNet
+    stage shapes, batch 64, with every permutation depending on the input."""
+    from dynshuffle import DynamicShuffle, fuse_for_inference
+    from dynshuffle.timing import time_interleaved
+
+    rows = []
+    for channels, size in ((116, 28), (232, 14), (464, 7)):
+        torch.manual_seed(0)
+        module = _randomize_generators(nn.Sequential(DynamicShuffle(channels, 2, hidden=4))).eval()
+        fused = fuse_for_inference(copy.deepcopy(module))
+        fixed = nn.ChannelShuffle(2)
+        x = torch.randn(64, channels, size, size)
+        with torch.no_grad():
+            t = time_interleaved({"fixed": lambda: fixed(x), "dynamic": lambda: module(x),
+                                  "fused": lambda: fused(x)}, "cpu", repeats=repeats, min_time=0.02)
+        for tag in ("dynamic", "fused"):
+            rows.append({"width": f"C={channels} {size}x{size}", "what": f"hard module ms ({tag}) / nn.ChannelShuffle",
+                         "batch": 64, "fixed": t["fixed"] * 1e3, "dynamic": t[tag] * 1e3,
+                         "ratio": t[tag] / t["fixed"]})
+    return rows
+
+
 def compiled_rows(fixed: nn.Module, dynamic: nn.Module, repeats: int) -> list[dict]:
     from dynshuffle.timing import time_interleaved
 
@@ -120,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--skip-layers", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    rows = []
+    rows = [] if args.skip_layers else layer_rows(args.repeats)
+    if rows:
+        print(format_rows(rows), flush=True)
     for width in (float(w) for w in args.widths.split(",") if w):
         fixed, dynamic = build_pair(width)
         parts = [] if args.skip_onnx else onnx_rows(fixed, dynamic, args.repeats, args.threads)

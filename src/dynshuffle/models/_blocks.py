@@ -33,10 +33,17 @@ FactorsArg = Union[None, int, tuple, Mapping, Callable[[int], tuple]]
 HiddenArg = Union[None, int, Callable[[int, int, int], int]]
 
 
+# Initial confidence of the learned/dynamic/SDS modules of a ShuffleNet when `layer_options` does not
+# set one. The layer's default (0.05, nearly uniform soft factors) is what lets one module learn routing;
+# in 16 stacked modules of a classifier the same near-uniform mixing smears the features during the soft
+# phase (measured on digits, ShuffleNetV2 0.5x: 38.1 % top-1 against 96.4 % for the fixed shuffle).
+SHUFFLENET_CONFIDENCE = 0.9
+
+
 def shufflenet_default_hidden() -> int:
     """Generator width of every dynamic / SDS module of a ShuffleNet when `hidden` is not given: 4.
 
-    The layer's own default (`layers.default_hidden`, at least 8) is sized for one module; a ShuffleNet
+    The layer's own default (`layers.default_hidden`, at least 16) is sized for one module; a ShuffleNet
     carries 16 of them, its heads cost d * (n1² + n2²) parameters each, and ShuffleNetV2's widths contain
     large primes (116 = 4 x 29, 244 = 4 x 61: with G = 2 every head has n2 = 29 at 1.0x, 61 at 2.0x).
     With d = 8 a dynamic V2 1.0x / 2.0x on a 10- or 100-class task (no 1000-way classifier to dilute the
@@ -189,7 +196,7 @@ class ShuffleOptions:
         if self.shuffle == "static":
             return ChannelShuffle(self.groups)
         n1, n2 = self.resolve_factors(channels)
-        options = dict(self.layer_options or {})
+        options = self.resolved_layer_options()
         if self.shuffle == "learned":
             learned = {k: v for k, v in options.items() if k in LEARNED_OPTIONS}
             return LearnedShuffle(channels, self.groups, (n1, n2), self.temperature, self.share, **learned)
@@ -199,7 +206,11 @@ class ShuffleOptions:
     def make_sds(self, channels: int) -> StaticDynamicShuffle:
         n1, n2 = self.resolve_factors(channels)
         return StaticDynamicShuffle(channels, self.groups, (n1, n2), self.resolve_hidden(channels, n1, n2),
-                                    self.temperature, self.share, **dict(self.layer_options or {}))
+                                    self.temperature, self.share, **self.resolved_layer_options())
+
+    def resolved_layer_options(self) -> dict:
+        """`layer_options` over the ShuffleNet defaults (`confidence` = SHUFFLENET_CONFIDENCE)."""
+        return {"confidence": SHUFFLENET_CONFIDENCE, **(self.layer_options or {})}
 
 
 def init_weights(model: nn.Module, stem_conv: nn.Conv2d) -> None:
