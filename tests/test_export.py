@@ -87,13 +87,17 @@ def test_onnxruntime_matches_pytorch_at_batch_1_and_7(exported, variant):
 
 
 def test_exported_graph_is_the_inference_path(exported):
-    """Dynamic batch axis, no soft matrices (no Softmax), metadata recorded, model state left alone."""
+    """Dynamic batch axis, no soft matrices (no MatMul over feature maps), a branch-free binarization (TopK,
+    no If / Loop), a graph within 1.5x of the fixed model's, metadata recorded, model state left alone."""
     model, result = exported["dynamic"]
     proto = onnx.load(str(result.path))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
     ops = {n.op_type for n in proto.graph.node}
-    assert "Softmax" not in ops and "Gather" in ops
+    assert "MatMul" not in ops and "Gather" in ops and "TopK" in ops
+    assert not ops & {"If", "Loop", "Scan"}
+    fixed_nodes = len(onnx.load(str(exported["static"][1].path)).graph.node)
+    assert len(proto.graph.node) <= 1.5 * fixed_nodes
     meta = {p.key: p.value for p in proto.metadata_props}
     assert '"shuffle": "dynamic"' in meta["model_config"]
     assert all(m.mode == "auto" for m in dynshuffle.shuffle_modules(model))
