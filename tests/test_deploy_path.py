@@ -9,13 +9,7 @@ from torch import nn
 from dynshuffle import DynamicShuffle, LearnedShuffle, StaticDynamicShuffle, create_model, fuse_for_inference
 from dynshuffle import functional as DF
 
-
-def _randomized(module, scale=3.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
+from conftest import randomize_parameters
 
 
 def _is_permutation(perm):
@@ -62,7 +56,7 @@ def test_binarize_pair_equals_two_calls():
 def test_hard_path_ranks_the_scaled_logits():
     """Regression: the repair used to score the raw logits while the soft matrices use logits / T; with
     T != 1 and colliding argmaxes the two disagree on which row keeps a contested column."""
-    module = _randomized(DynamicShuffle(12, 2, temperature=4.0), scale=1.0, seed=3).eval()
+    module = randomize_parameters(DynamicShuffle(12, 2, temperature=4.0), scale=1.0, seed=3).eval()
     x = torch.randn(64, 12, 2, 2)
     la, lb = module.logits(x)
     expected = DF.compose_permutation(*(m[:, 0] for m in DF.binarize_pair(la / 4.0, lb / 4.0)), 2)
@@ -90,7 +84,7 @@ def test_fused_model_matches_and_refuses_to_train():
     model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic").eval()
     for m in model.modules():
         if isinstance(m, DynamicShuffle):
-            _randomized(m.generator.head_a, 0.5), _randomized(m.generator.head_b, 0.5)
+            randomize_parameters(m.generator.head_a, 0.5), randomize_parameters(m.generator.head_b, 0.5)
     x = torch.randn(4, 3, 32, 32)
     fused = fuse_for_inference(copy.deepcopy(model))
     with torch.no_grad():
@@ -100,7 +94,7 @@ def test_fused_model_matches_and_refuses_to_train():
 
 
 def test_fused_learned_shuffle_is_a_constant_index():
-    module = _randomized(LearnedShuffle(24, 2), seed=2).eval()
+    module = randomize_parameters(LearnedShuffle(24, 2), seed=2).eval()
     x = torch.randn(3, 24, 2, 2)
     expected = module(x)
     fuse_for_inference(module)

@@ -7,14 +7,7 @@ import dynshuffle
 from dynshuffle import ChannelShuffle, DynamicShuffle, LearnedShuffle, StaticDynamicShuffle
 from dynshuffle import functional as DF
 
-
-def _randomize_generator(module, scale=3.0, seed=0):
-    """Give the generator random weights so the permutations differ per input and collide often."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
+from conftest import randomize_parameters
 
 
 def _divisor_configs(channels):
@@ -43,7 +36,7 @@ def _hard_vs_matrix(module, x):
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("channels,groups", _divisor_configs(12) + [(58, 2), (29, 1), (22, 2)])
 def test_hard_path_equals_matrix_path_with_binarized_matrices(channels, groups, share):
-    module = _randomize_generator(DynamicShuffle(channels, groups, share=share), seed=channels + groups).eval()
+    module = randomize_parameters(DynamicShuffle(channels, groups, share=share), seed=channels + groups).eval()
     x = torch.randn(4, channels, 3, 5)
     hard, expected = _hard_vs_matrix(module, x)
     assert torch.equal(hard, expected)
@@ -52,13 +45,13 @@ def test_hard_path_equals_matrix_path_with_binarized_matrices(channels, groups, 
 
 
 def test_permutation_depends_on_the_input():
-    module = _randomize_generator(DynamicShuffle(58, 2), scale=1.0, seed=7).eval()
+    module = randomize_parameters(DynamicShuffle(58, 2), scale=1.0, seed=7).eval()
     perms = module.permutation(torch.randn(16, 58, 3, 3))
     assert len({tuple(p.tolist()) for p in perms}) > 1
 
 
 def test_prime_factor_and_channels_last():
-    module = _randomize_generator(DynamicShuffle(13, 1, share=True)).eval()
+    module = randomize_parameters(DynamicShuffle(13, 1, share=True)).eval()
     assert (module.n1, module.n2) == (1, 13)
     x = torch.randn(5, 13, 4, 4)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -74,7 +67,7 @@ def test_ste_forward_is_hard_and_gradients_match_matrix_path(share):
     """STE: forward equals the hard output; gradients equal those of the matrix path evaluated at the
     one-hot matrices with the softmax as the backward (the straight-through estimator, written out)."""
     torch.manual_seed(0)
-    module = _randomize_generator(DynamicShuffle(24, 2, share=share, mode="ste"), scale=0.5, seed=3).train()
+    module = randomize_parameters(DynamicShuffle(24, 2, share=share, mode="ste"), scale=0.5, seed=3).train()
     reference = DynamicShuffle(24, 2, share=share)
     reference.load_state_dict(module.state_dict())
     reference.train()
@@ -128,7 +121,7 @@ def test_ste_autograd_function_gradcheck():
 
 
 def test_training_soft_path_gives_every_parameter_a_gradient_and_penalty():
-    module = _randomize_generator(DynamicShuffle(24, 2), scale=0.3).train()
+    module = randomize_parameters(DynamicShuffle(24, 2), scale=0.3).train()
     x = torch.randn(4, 24, 3, 3)
     y = module(x)
     loss = y.pow(2).mean() + module.regularization
@@ -176,7 +169,7 @@ def test_penalty_vanishes_for_converged_soft_matrices():
 
 
 def test_learned_shuffle_is_one_permutation_for_all_inputs():
-    module = _randomize_generator(LearnedShuffle(24, 2)).eval()
+    module = randomize_parameters(LearnedShuffle(24, 2)).eval()
     perms = module.permutation(torch.randn(5, 24, 2, 2))
     assert (perms == perms[:1]).all()
 
@@ -217,7 +210,7 @@ def test_static_dynamic_shuffle_matches_its_definition(impl):
     sds = StaticDynamicShuffle(24, 2, static_impl=impl, bias=True)
     with torch.no_grad():
         sds.bias.normal_()
-    _randomize_generator(sds.dynamic, scale=0.5)
+    randomize_parameters(sds.dynamic, scale=0.5)
     x = torch.randn(3, 24, 4, 4, dtype=torch.float32)
     for training in (True, False):
         sds.train(training)
@@ -267,7 +260,7 @@ def test_autocast_bfloat16_cpu():
 
 
 def test_torch_compile_eval_matches_eager():
-    model = nn.Sequential(nn.Conv2d(3, 24, 1), _randomize_generator(DynamicShuffle(24, 2), seed=5),
+    model = nn.Sequential(nn.Conv2d(3, 24, 1), randomize_parameters(DynamicShuffle(24, 2), seed=5),
                           StaticDynamicShuffle(24, 2)).eval()
     x = torch.randn(2, 3, 4, 4)
     compiled = torch.compile(model)
