@@ -1,6 +1,6 @@
 """Formulation alternatives of the Kronecker apply and the module paths, each against a 1x1 convolution.
 
-Used to choose the implementation in dynshuffle.functional.kron_apply; run on CPU with 2 threads.
+Used to choose the implementation in dynshuffle.functional.kron_shuffle; run on CPU with 2 threads.
 """
 import argparse
 
@@ -16,7 +16,7 @@ torch.manual_seed(0)
 dev = torch.device("cpu")
 
 def kron_v0(x, a, b, G):  # current
-    return DF.kron_apply(x, a, b, G)
+    return DF.kron_shuffle(x, a, b, G)
 
 def kron_bfirst(x, a, b, G):
     n, c, h, w = x.shape; n1, n2 = a.shape[-1], b.shape[-1]; s = h*w

@@ -39,7 +39,7 @@ def test_cuda_hard_path_exact_and_greedy_repair():
     x = torch.randn(16, 116, 7, 7, device="cuda")
     la, lb = module.logits(x)
     pa, pb = DF.binarize(la).squeeze(1), DF.binarize(lb).squeeze(1)
-    expected = DF.kron_apply(x, DF.one_hot_permutation(pa), DF.one_hot_permutation(pb), 2)
+    expected = DF.kron_shuffle(x, DF.one_hot_permutation(pa), DF.one_hot_permutation(pb), 2)
     assert torch.equal(module(x), expected)
     perm = module.permutation(x)
     assert (perm.sort(1).values == torch.arange(116, device="cuda")).all()

@@ -53,7 +53,7 @@ def test_kron_apply_matches_dense_torch_kron(groups, n1, n2, share):
     shape_b = (3, n2, n2) if share else (3, groups, n2, n2)
     a = torch.softmax(torch.randn(shape_a, dtype=torch.float64), -1)
     b = torch.softmax(torch.randn(shape_b, dtype=torch.float64), -1)
-    torch.testing.assert_close(DF.kron_apply(x, a, b, groups), _dense_reference(x, a, b, groups))
+    torch.testing.assert_close(DF.kron_shuffle(x, a, b, groups), _dense_reference(x, a, b, groups))
 
 
 def test_kron_apply_broadcasts_batch_one_matrices():
@@ -61,7 +61,7 @@ def test_kron_apply_broadcasts_batch_one_matrices():
     a = torch.randn(1, 2, 2, 2, dtype=torch.float64)
     b = torch.randn(1, 2, 3, 3, dtype=torch.float64)
     expected = _dense_reference(x, a.expand(4, -1, -1, -1), b.expand(4, -1, -1, -1), 2)
-    torch.testing.assert_close(DF.kron_apply(x, a, b, 2), expected)
+    torch.testing.assert_close(DF.kron_shuffle(x, a, b, 2), expected)
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -72,7 +72,7 @@ def test_kron_apply_gradcheck(share):
     shape = (2,) if share else (2, groups)
     a = torch.randn(*shape, n1, n1, dtype=torch.float64, requires_grad=True)
     b = torch.randn(*shape, n2, n2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, a, b: DF.kron_apply(x, a, b, groups), (x, a, b))
+    assert torch.autograd.gradcheck(lambda x, a, b: DF.kron_shuffle(x, a, b, groups), (x, a, b))
 
 
 def _is_permutation(perm):
@@ -147,7 +147,7 @@ def test_compose_permutation_matches_one_hot_kron(share):
     x = torch.randn(2, c, 3, 3)
     index = DF.compose_permutation(pa, pb, groups)
     assert _is_permutation(index)
-    expected = DF.kron_apply(x, DF.one_hot_permutation(pa), DF.one_hot_permutation(pb), groups)
+    expected = DF.kron_shuffle(x, DF.one_hot_permutation(pa), DF.one_hot_permutation(pb), groups)
     assert torch.equal(DF.permute_channels(x, index), expected)
 
 
@@ -197,5 +197,5 @@ def test_kron_apply_sum_equals_two_kron_applies(share_ab):
     b = torch.randn(*((2,) if share_ab else (2, groups)), n2, n2, dtype=torch.float64)
     u = torch.randn(1, groups, n1, n1, dtype=torch.float64)
     v = torch.randn(1, groups, n2, n2, dtype=torch.float64)
-    expected = DF.kron_apply(x, a, b, groups) + DF.kron_apply(x, u, v, groups)
+    expected = DF.kron_shuffle(x, a, b, groups) + DF.kron_shuffle(x, u, v, groups)
     torch.testing.assert_close(DF.kron_apply_sum(x, a, b, u, v, groups), expected)

@@ -71,7 +71,9 @@ def test_fresh_dynamic_model_gives_the_fixed_shuffle_everywhere():
         np.testing.assert_allclose(s["class_agreement"], np.ones((3, 3)))
         assert list(s["classes"]) == [0, 1, 2]
         # Initialised at softmax confidence 0.9 on the diagonal: near, not at, a permutation.
-        assert s["row_max_a"] == pytest.approx(0.9, abs=1e-4) and s["row_max_b"] == pytest.approx(0.9, abs=1e-4)
+        # confidence 0.9 puts 1/n + 0.9 (1 - 1/n) on the diagonal
+        assert s["row_max_a"] == pytest.approx(1 / s["n1"] + 0.9 * (1 - 1 / s["n1"]), abs=1e-4)
+        assert s["row_max_b"] == pytest.approx(1 / s["n2"] + 0.9 * (1 - 1 / s["n2"]), abs=1e-4)
         assert s["penalty"] > 0
     assert all(m.training for m in [model])  # the model's mode is restored (it was built in train mode)
 
@@ -143,7 +145,7 @@ def test_full_matrices_match_the_module():
         x = torch.randn(2, 12, 3, 3)
         a, b = module.soft_matrices(x)
         soft = soft_full_matrix(a[0], b[0], module.groups)
-        expected = DF.kron_apply(x[:1], a[:1], b[:1], module.groups)
+        expected = DF.kron_shuffle(x[:1], a[:1], b[:1], module.groups)
         assert torch.allclose(torch.einsum("oc,nchw->nohw", soft, x[:1]), expected, atol=1e-5)
         la, lb = module.logits(x)
         pa, pb = module._squeeze_groups(DF.binarize(la)), module._squeeze_groups(DF.binarize(lb))

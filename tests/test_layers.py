@@ -28,7 +28,7 @@ def _hard_vs_matrix(module, x):
     la, lb = module.logits(x)
     pa = module._squeeze_groups(DF.binarize(la))
     pb = module._squeeze_groups(DF.binarize(lb))
-    expected = DF.kron_apply(x, DF.one_hot_permutation(pa, x.dtype), DF.one_hot_permutation(pb, x.dtype),
+    expected = DF.kron_shuffle(x, DF.one_hot_permutation(pa, x.dtype), DF.one_hot_permutation(pb, x.dtype),
                              module.groups)
     return module(x), expected.expand_as(x)
 
@@ -84,7 +84,7 @@ def test_ste_forward_is_hard_and_gradients_match_matrix_path(share):
     pb = reference._squeeze_groups(DF.binarize(lb))
     a_st = DF.one_hot_permutation(pa) + a - a.detach()
     b_st = DF.one_hot_permutation(pb) + b - b.detach()
-    y_ref = DF.kron_apply(x_ref, a_st, b_st, 2)
+    y_ref = DF.kron_shuffle(x_ref, a_st, b_st, 2)
     (y_ref * w).sum().backward()
 
     torch.testing.assert_close(y, y_ref)  # a + (a - a) is the one-hot matrix up to rounding
@@ -110,8 +110,8 @@ def test_ste_autograd_function_gradcheck():
 
     def linearised(x, a, b):   # the function STE differentiates: matrix path at the one-hot point, linear in A, B
         a_oh, b_oh = DF.one_hot_permutation(pa, a.dtype), DF.one_hot_permutation(pb, b.dtype)
-        return (DF.kron_apply(x, a_oh, b_oh, groups) + DF.kron_apply(x, a - a.detach(), b_oh, groups)
-                + DF.kron_apply(x, a_oh, b - b.detach(), groups))
+        return (DF.kron_shuffle(x, a_oh, b_oh, groups) + DF.kron_shuffle(x, a - a.detach(), b_oh, groups)
+                + DF.kron_shuffle(x, a_oh, b - b.detach(), groups))
 
     w = torch.randn(2, 12, 2, 2, dtype=torch.float64)
     g1 = torch.autograd.grad((ste(x, a, b) * w).sum(), (x, a, b))
@@ -223,7 +223,7 @@ def test_static_dynamic_shuffle_matches_its_definition(impl):
             b = DF.one_hot_permutation(dyn._squeeze_groups(DF.binarize(lb)))
         u = sds.static_u.unsqueeze(0)
         v = sds.static_v.unsqueeze(0)
-        expected = (DF.kron_apply(x, a, b, 2) + DF.kron_apply(x, u, v, 2)) + sds.bias.view(1, -1, 1, 1)
+        expected = (DF.kron_shuffle(x, a, b, 2) + DF.kron_shuffle(x, u, v, 2)) + sds.bias.view(1, -1, 1, 1)
         torch.testing.assert_close(sds(x), expected, rtol=1e-5, atol=1e-5)
 
 

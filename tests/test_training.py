@@ -434,3 +434,21 @@ def test_dynamic_models_log_data_dependence(tmp_path):
     assert rows[0]["dynamic_layers"] >= 0 and rows[0]["distinct_median"] >= 1
     static = train(tiny_config(**{"train.epochs": 1, "model.shuffle": "static"}), tmp_path / "s")["history"]
     assert static[0]["dynamic_layers"] is None and static[0]["distinct_median"] is None
+
+
+def test_evaluate_modes_restores_each_module_mode():
+    """Regression: evaluate_modes used to leave every module in "hard", so a model returned by train()
+    went on training with exact permutations instead of the mode it had."""
+    import torch
+    from dynshuffle import create_model, shuffle_modules
+    from dynshuffle.training.evaluate import evaluate_modes
+
+    model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic")
+    modules = list(shuffle_modules(model))
+    for i, m in enumerate(modules):
+        m.mode = ("auto", "soft", "ste")[i % 3]
+    before = [m.mode for m in modules]
+    batches = [(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (4,)))]
+    result = evaluate_modes(model, batches, lambda x: x.float() / 255, torch.device("cpu"))
+    assert result["hard"]["count"] == 4 and result["soft"]["count"] == 4
+    assert [m.mode for m in modules] == before

@@ -24,7 +24,7 @@ __all__ = [
     "check_factors",
     "channel_shuffle_index",
     "channel_shuffle",
-    "kron_apply",
+    "kron_shuffle",
     "kron_apply_sum",
     "binarize",
     "one_hot_permutation",
@@ -90,11 +90,13 @@ def _as_group_matrices(m: Tensor, groups: int) -> Tensor:
     raise ValueError(f"expected matrices of shape (N, k, k) or (N, {groups}, k, k), got {tuple(m.shape)}")
 
 
-def kron_apply(x: Tensor, a: Tensor, b: Tensor, groups: int, shuffle: bool = True) -> Tensor:
-    """Apply `blockdiag_g(A_g ⊗ B_g)` to the channels of `x`, then (by default) the cross-group shuffle.
+def kron_shuffle(x: Tensor, a: Tensor, b: Tensor, groups: int) -> Tensor:
+    """Two steps: apply `blockdiag_g(A_g ⊗ B_g)` to the channels of `x`, then the cross-group shuffle.
 
     `x`: `(N, C, H, W)`; `a`: `(N|1, n1, n1)` or `(N|1, G, n1, n1)`; `b` likewise with `n2`.
     Costs `C * (n1 + n2)` multiply-adds per pixel instead of the `C * n` of the dense block matrix.
+    The two steps are one function because with one pair shared by the groups the shuffle commutes with
+    the mixing and is cheapest done first (see below); `channel_shuffle` is the shuffle on its own.
     """
     n, c, h, w = x.shape
     a4, b4 = _as_group_matrices(a, groups), _as_group_matrices(b, groups)
@@ -103,27 +105,25 @@ def kron_apply(x: Tensor, a: Tensor, b: Tensor, groups: int, shuffle: bool = Tru
         raise ValueError(f"factors ({n1}, {n2}) x groups {groups} do not match {c} channels")
     s = h * w
     a4, b4 = a4.to(x.dtype), b4.to(x.dtype)
-    if shuffle and a4.shape[1] == 1 and b4.shape[1] == 1:
-        # One pair shared by the groups commutes with the cross-group shuffle: shuffle the input once,
-        # then both products run on contiguous (n1, n2 * G * S) / (n2, G * S) blocks and land directly
-        # in the output's order (the fastest of the formulations in benchmarks/bench_kron_variants.py).
+    if a4.shape[1] == 1 and b4.shape[1] == 1:
+        # Step 2 first: one pair shared by the groups commutes with the cross-group shuffle. Shuffling the
+        # input once lets both products run on contiguous (n1, n2 * G * S) / (n2, G * S) blocks that land
+        # directly in the output's order (the fastest formulation in benchmarks/bench_kron_variants.py).
         xs = x.reshape(n, groups, c // groups, s).transpose(1, 2).reshape(n, n1, n2 * groups * s)
-        t = torch.matmul(a4[:, 0], xs)                                   # A over the n1 axis
+        t = torch.matmul(a4[:, 0], xs)                                          # A over the n1 axis
         y = torch.matmul(b4[:, 0].unsqueeze(1), t.view(n, n1, n2, groups * s))  # B over the n2 axis
         return y.reshape(n, c, h, w)
     z = x.reshape(n, groups, n1, n2 * s)
-    t = torch.matmul(a4, z).view(n, groups, n1, n2, s)                  # A over n1, per group
+    t = torch.matmul(a4, z).view(n, groups, n1, n2, s)                  # step 1: A over n1, per group
     y = torch.matmul(b4.unsqueeze(2), t)                                # B over n2: (N, G, n1, n2, S)
-    if shuffle:
-        y = y.permute(0, 2, 3, 1, 4)
-    return y.reshape(n, c, h, w)
+    return y.permute(0, 2, 3, 1, 4).reshape(n, c, h, w)                 # step 2: the cross-group shuffle
 
 
 def kron_apply_sum(x: Tensor, a: Tensor, b: Tensor, u: Tensor, v: Tensor, groups: int) -> Tensor:
     """`S_G · blockdiag_g[(A_g ⊗ B_g) + (U_g ⊗ V_g)] x` in two matrix products instead of four and an add.
 
     `A Z Bᵀ + U Z Vᵀ = [A U] · [Z Bᵀ ; Z Vᵀ]`: one product with the stacked `[B; V]` and one with the
-    interleaved `[A U]`, so the intermediate is written and read once. Shapes as in `kron_apply`.
+    interleaved `[A U]`, so the intermediate is written and read once. Shapes as in `kron_shuffle`.
     """
     n, c, h, w = x.shape
     a4, b4 = _as_group_matrices(a, groups), _as_group_matrices(b, groups)

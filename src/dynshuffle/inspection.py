@@ -239,7 +239,7 @@ def soft_full_matrix(a: Tensor, b: Tensor, groups: int) -> Tensor:
     """The module's soft C x C matrix `S_G · blockdiag_g(A_g ⊗ B_g)` for one sample.
 
     `a`: (n1, n1) or (G, n1, n1); `b`: (n2, n2) or (G, n2, n2). Row o is output channel o, column the
-    input channel it reads: `y = M x` is what `kron_apply(x, a, b, groups)` computes.
+    input channel it reads: `y = M x` is what `kron_shuffle(x, a, b, groups)` computes.
     """
     a = a.float().expand(groups, *a.shape[-2:]) if a.dim() == 2 else a.float()
     b = b.float().expand(groups, *b.shape[-2:]) if b.dim() == 2 else b.float()

@@ -412,7 +412,7 @@ class _FactorizedShuffle(nn.Module):
         if self.uses_soft_path():
             a, b = self.soft_from_scores(scores_a, scores_b)
             self.regularization = self.penalty(a, b)
-            y = DF.kron_apply(x, a, b, self.groups)
+            y = DF.kron_shuffle(x, a, b, self.groups)
             if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
                 y = y.contiguous(memory_format=torch.channels_last)
             return y
@@ -633,7 +633,7 @@ class StaticDynamicShuffle(nn.Module):
         if self.static_impl == "dense":
             y = F.conv2d(x, self.static_weight().to(x.dtype), groups=self.groups)
             return DF.channel_shuffle(y, self.groups) if self.groups > 1 else y
-        return DF.kron_apply(x, self.static_u.unsqueeze(0), self.static_v.unsqueeze(0), self.groups)
+        return DF.kron_shuffle(x, self.static_u.unsqueeze(0), self.static_v.unsqueeze(0), self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.channels, type(self).__name__)
