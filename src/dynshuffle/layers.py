@@ -115,7 +115,7 @@ class _SpatialMean(torch.autograd.Function):
 
 
 def spatial_mean(x: Tensor) -> Tensor:
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or DF.is_tracing():
+    if torch.compiler.is_compiling() or DF.is_tracing():
         return x.mean((2, 3))
     return _SpatialMean.apply(x)
 

@@ -203,10 +203,6 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     A second call with the same recipe reuses the finished runs and continues interrupted ones; a changed
     recipe raises CompareFolderError unless `overwrite` (which trains every run afresh).
     """
-    import torch
-
-    from .evaluate import measure_latency, profile_row
-
     variants = list(variants or DEFAULT_VARIANTS)
     for v in variants:
         _parse_variant(v)
@@ -225,24 +221,11 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     from dynshuffle.data import get_dataset_spec
 
     spec = get_dataset_spec(dataset)
-    jobs = []
-    for variant in variants:
-        for seed in seed_list:
-            cfg = copy.deepcopy(base)
-            for key, value in _parse_variant(variant).items():
-                setattr(cfg.model, key, value)
-            cfg.train.seed = seed
-            jobs.append({"variant": variant, "seed": seed, "config": cfg.to_dict(), "verbose": verbose,
-                         "run_dir": str(out / variant.replace("+", "_") / f"seed{seed}")})
+    jobs = _jobs(base, variants, seed_list, out, verbose)
     todo, done = _plan(jobs, out, overwrite)
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     if verbose:
-        for key in done:
-            print(f"compare: {key[0]} seed {key[1]}: finished earlier with this recipe ({RESULT}), kept", flush=True)
-        if todo:
-            how = (f"{workers} worker processes, 1 thread each (OMP_NUM_THREADS=1)" if workers > 1 else
-                   f"this process, {torch.get_num_threads()} thread(s)")
-            print(f"compare: {len(todo)} run(s) to train on {how}; {len(done)} kept", flush=True)
+        _announce(todo, done, workers)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MARKER, json.dumps({"dataset": dataset, "model": model, "variants": variants,
                                                 "seeds": seed_list, "epochs": base.train.epochs}, indent=1) + "\n")
@@ -254,30 +237,9 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
             soft = f", soft {final['val_top1_soft']:.4f}" if final.get("val_top1_soft") is not None else ""
             print(f"compare: {r['variant']} seed {r['seed']}: top-1 {final['val_top1']:.4f}{soft} "
                   f"({r['seconds']:.0f}s)", flush=True)
-
-    from .checkpoint import build_model_from_checkpoint
-
-    rows = []
-    for variant in variants:
-        results = [done[(variant, seed)] for seed in seed_list]
-        finals = [r["final"] for r in results]
-        first_run = next(j["run_dir"] for j in jobs if j["variant"] == variant)
-        trained, _ = build_model_from_checkpoint(Path(first_run), "cpu")
-        trained.eval()
-        prof = profile_row(trained, spec.image_size)
-        latency = measure_latency(trained, (1, 3, spec.image_size, spec.image_size), "cpu", runs=latency_runs)
-        m, s = _mean_std([f["val_top1"] for f in finals])
-        ms, ss = _mean_std([f["val_top1_soft"] for f in finals if f.get("val_top1_soft") is not None])
-        deps = [r["dependence"] for r in results if r.get("dependence")]
-        rows.append({
-            "variant": variant, "model": model, "params": prof["params"], "macs": prof["macs"],
-            "latency_ms": latency, "top1_mean": m, "top1_std": s, "top1_soft_mean": ms, "top1_soft_std": ss,
-            "gap": (ms - m) if ms is not None else None, "top5_mean": _mean_std([f["val_top5"] for f in finals])[0],
-            "dynamic_layers": _mean_std([d["dynamic_layers"] for d in deps])[0],
-            "dynamic_layers_total": deps[0]["layers"] if deps else None,
-            "distinct_median": statistics.median([d["distinct_median"] for d in deps]) if deps else None,
-            "seeds": len(seed_list), "epochs": base.train.epochs, "train_seconds": sum(r["seconds"] for r in results),
-        })
+    rows = [_variant_row(variant, [done[(variant, seed)] for seed in seed_list],
+                         next(j["run_dir"] for j in jobs if j["variant"] == variant), model, spec.image_size,
+                         base.train.epochs, latency_runs) for variant in variants]
     total = time.perf_counter() - t_all
     md = format_markdown(rows, data=dataset, model=model, seeds=seed_list, epochs=base.train.epochs, seconds=total)
     atomic_write_text(out / "compare.md", md)
@@ -286,6 +248,56 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
         print(md, end="")
         print(f"written: {out / 'compare.md'}, {out / 'compare.csv'}")
     return rows
+
+
+def _jobs(base: Config, variants: list[str], seed_list: list[int], out: Path, verbose: bool) -> list[dict]:
+    """One job per (variant, seed): its resolved config and run folder."""
+    jobs = []
+    for variant in variants:
+        for seed in seed_list:
+            cfg = copy.deepcopy(base)
+            for key, value in _parse_variant(variant).items():
+                setattr(cfg.model, key, value)
+            cfg.train.seed = seed
+            jobs.append({"variant": variant, "seed": seed, "config": cfg.to_dict(), "verbose": verbose,
+                         "run_dir": str(out / variant.replace("+", "_") / f"seed{seed}")})
+    return jobs
+
+
+def _announce(todo: list, done: dict, workers: int) -> None:
+    import torch
+
+    for key in done:
+        print(f"compare: {key[0]} seed {key[1]}: finished earlier with this recipe ({RESULT}), kept", flush=True)
+    if todo:
+        how = (f"{workers} worker processes, 1 thread each (OMP_NUM_THREADS=1)" if workers > 1 else
+               f"this process, {torch.get_num_threads()} thread(s)")
+        print(f"compare: {len(todo)} run(s) to train on {how}; {len(done)} kept", flush=True)
+
+
+def _variant_row(variant: str, results: list[dict], first_run: str, model: str, image_size: int, epochs: int,
+                 latency_runs: int) -> dict:
+    """One table row: profile and latency of the first seed's model, accuracy and dependence over seeds."""
+    from .checkpoint import build_model_from_checkpoint
+    from .evaluate import measure_latency, profile_row
+
+    finals = [r["final"] for r in results]
+    trained, _ = build_model_from_checkpoint(Path(first_run), "cpu")
+    trained.eval()
+    prof = profile_row(trained, image_size)
+    latency = measure_latency(trained, (1, 3, image_size, image_size), "cpu", runs=latency_runs)
+    m, s = _mean_std([f["val_top1"] for f in finals])
+    ms, ss = _mean_std([f["val_top1_soft"] for f in finals if f.get("val_top1_soft") is not None])
+    deps = [r["dependence"] for r in results if r.get("dependence")]
+    return {
+        "variant": variant, "model": model, "params": prof["params"], "macs": prof["macs"],
+        "latency_ms": latency, "top1_mean": m, "top1_std": s, "top1_soft_mean": ms, "top1_soft_std": ss,
+        "gap": (ms - m) if ms is not None else None, "top5_mean": _mean_std([f["val_top5"] for f in finals])[0],
+        "dynamic_layers": _mean_std([d["dynamic_layers"] for d in deps])[0],
+        "dynamic_layers_total": deps[0]["layers"] if deps else None,
+        "distinct_median": statistics.median([d["distinct_median"] for d in deps]) if deps else None,
+        "seeds": len(results), "epochs": epochs, "train_seconds": sum(r["seconds"] for r in results),
+    }
 
 
 def _pct(mean: float | None, std: float | None) -> str:
