@@ -2,6 +2,7 @@
 SIGKILL), NaN stop, corrupt checkpoints, `dynshuffle eval`, and the optimizer/schedule pieces."""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import signal
@@ -452,3 +453,12 @@ def test_evaluate_modes_restores_each_module_mode():
     result = evaluate_modes(model, batches, lambda x: x.float() / 255, torch.device("cpu"))
     assert result["hard"]["count"] == 4 and result["soft"]["count"] == 4
     assert [m.mode for m in modules] == before
+
+
+def test_training_with_a_batch_of_one(tmp_path):
+    """A batch of one sample: the generators normalise with their running statistics, nothing is NaN."""
+    cfg = tiny_config(**{"data.batch_size": 1, "data.eval_batch_size": 4, "train.epochs": 2,
+                         "train.steps_per_epoch": 3, "optim.base_batch_size": "null"})
+    result = train(cfg, tmp_path / "run")
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    assert all(math.isfinite(r["train_loss"]) for r in result["history"])
