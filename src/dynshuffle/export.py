@@ -82,7 +82,6 @@ def check_out_path(out_path: str | os.PathLike, force: bool) -> Path:
     return out
 
 
-_check_out_path = check_out_path  # the old private name, still imported by commands/export.py
 
 
 def data_metadata(checkpoint_meta: dict) -> dict:

@@ -55,7 +55,6 @@ def require_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-_require_layers = require_layers  # the old private name, still imported by plots.py and commands/show.py
 
 
 def collect_inputs(model: nn.Module, images: Tensor, mode: str = "hard") -> dict[str, Tensor]:

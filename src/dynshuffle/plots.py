@@ -357,12 +357,12 @@ def render_report(model, images: torch.Tensor, labels: torch.Tensor, out_dir: st
     `out_dir` is created if missing; an existing file of the same name is an error unless `force`
     (checked before anything is drawn). Returns the written paths.
     """
-    from .inspection import _require_layers, matrices_for_inputs, permutation_stats
+    from .inspection import require_layers, matrices_for_inputs, permutation_stats
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    all_layers = list(_require_layers(model))
+    all_layers = list(require_layers(model))
     if layers:
         selected = [name for name in all_layers if any(fnmatch.fnmatchcase(name, pat) for pat in layers)]
         if not selected:

@@ -25,12 +25,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynshuffle.export import _check_out_path, benchmark_onnx, data_metadata, export_onnx_report
+    from dynshuffle.export import check_out_path, benchmark_onnx, data_metadata, export_onnx_report
     from dynshuffle.training.checkpoint import build_model_from_checkpoint
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    _check_out_path(args.onnx, args.force)  # fail on a bad path before loading anything
+    check_out_path(args.onnx, args.force)  # fail on a bad path before loading anything
     # The model is built here rather than inside export_onnx so that --benchmark times the same one.
     model, meta = build_model_from_checkpoint(args.checkpoint, "cpu")
     result = export_onnx_report(model, args.onnx, args.input_size, args.opset, args.force,

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dynshuffle.data import BatchTransform, build_datasets, get_dataset_spec
-    from dynshuffle.inspection import _require_layers
+    from dynshuffle.inspection import require_layers
     from dynshuffle.plots import render_report
     from dynshuffle.training.checkpoint import build_model_from_checkpoint
     from dynshuffle.training.distributed import resolve_device
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, meta = build_model_from_checkpoint(args.checkpoint, device)
     try:
-        _require_layers(model)
+        require_layers(model)
     except ValueError as err:
         raise ValueError(f"{args.checkpoint}: {err}") from None
     name, root = _dataset_and_root(args, meta)

@@ -153,22 +153,16 @@ def dynamic_dependence(model: nn.Module, images: torch.Tensor, threshold: float 
 def measure_latency(model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "cpu",
                     warmup: int = 10, runs: int = 50) -> float:
     """Median wall time (ms) of one eval-mode forward of a batch of `input_size` (e.g. (1, 3, 32, 32))."""
+    from dynshuffle.timing import median_time
+
     device = torch.device(device)
     was_training = model.training
     model.eval()
     x = torch.randn(*input_size, device=device)
-    times = []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    model.train(was_training)
-    return 1000.0 * statistics.median(times)
+    try:
+        return 1000.0 * median_time(lambda: model(x), device, warmup, runs)
+    finally:
+        model.train(was_training)
 
 
 def profile_row(model: nn.Module, image_size: int) -> dict:
