@@ -32,6 +32,7 @@ __all__ = [
     "binarize_pair",
     "compose_ranks",
     "ranked_columns",
+    "row_argmax",
     "permute_channels",
     "invert_permutation",
     "orthogonality_penalty",
@@ -159,8 +160,7 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
     - runs the same fixed sequence of tensor ops for every input: no host synchronisation, so it compiles
       with `torch.compile(fullgraph=True)`, captures in CUDA graphs and exports to a small ONNX graph.
 
-    `greedy_assignment` is the sequential greedy reference; `benchmarks/bench_binarize.py` measures how often
-    the two differ.
+    `greedy_assignment` is the sequential greedy reference; docs/method.md §4 gives how often the two differ.
     """
     if scores.dim() < 2 or scores.shape[-1] != scores.shape[-2]:
         raise ValueError(f"binarize expects square matrices (..., n, n), got {tuple(scores.shape)}")
@@ -195,8 +195,13 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
 
 def _sorted_assignment(scores: Tensor) -> Tensor:
     """`binarize` with no claim rounds: the k-th row by (argmax column, descending confidence) gets column k."""
-    conf, col = torch.softmax(scores.float(), dim=-1).max(-1)
-    return ranked_columns(col, conf)
+    return ranked_columns(*row_argmax(scores))
+
+
+def row_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """`(column, confidence)` of each row: its argmax and its largest softmax probability."""
+    conf, col = torch.softmax(scores.detach().float(), dim=-1).max(-1)
+    return col, conf
 
 
 def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None) -> Tensor:
@@ -296,8 +301,8 @@ def binarize_pair(scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor]:
     results are exactly those of separate calls. `scores_a` `(..., n1, n1)`, `scores_b` `(..., n2, n2)`
     with the same leading shape.
     """
-    conf_a, col_a = torch.softmax(scores_a.detach().float(), dim=-1).max(-1)
-    conf_b, col_b = torch.softmax(scores_b.detach().float(), dim=-1).max(-1)
+    col_a, conf_a = row_argmax(scores_a)
+    col_b, conf_b = row_argmax(scores_b)
     n1 = scores_a.shape[-1]
     ranks = ranked_columns(torch.cat([col_a, col_b + n1], -1), torch.cat([conf_a, conf_b], -1),
                            n1 + scores_b.shape[-1])
@@ -308,15 +313,14 @@ def compose_permutation(perm_a: Tensor, perm_b: Tensor, groups: int) -> Tensor:
     """Compose within-group `A ⊗ B` permutations and the cross-group shuffle into one index `(N, C)`.
 
     `perm_a`: `(N, n1)` or `(N, G, n1)`; `perm_b`: `(N, n2)` or `(N, G, n2)`.
-    Output channel `(i * n2 + j) * G + g` reads input `g * n + perm_a[g, i] * n2 + perm_b[g, j]`: two
-    gathers from small constant tables, so the exported graph stays a handful of nodes.
+    Output channel `(i * n2 + j) * G + g` reads input `g * n + perm_a[g, i] * n2 + perm_b[g, j]`
+    (see `compose_ranks`, which does the work).
     """
     n1, n2 = perm_a.shape[-1], perm_b.shape[-1]
-    take_a, _, base = _tables(_compose_tables)(n1, n2, groups, n1 if perm_a.dim() == 3 else 0, 0, perm_a.device)
-    take_b = _tables(_compose_tables_b)(n1, n2, groups, n2 if perm_b.dim() == 3 else 0, perm_a.device)
-    flat_a = perm_a if perm_a.dim() == 2 else perm_a.flatten(1)
-    flat_b = perm_b if perm_b.dim() == 2 else perm_b.flatten(1)
-    return flat_a.index_select(1, take_a) * n2 + flat_b.index_select(1, take_b) + base
+    if perm_a.dim() != perm_b.dim():  # one factor per group, the other shared: give both a group axis
+        perm_a = perm_a if perm_a.dim() == 3 else perm_a.unsqueeze(1).expand(-1, groups, -1)
+        perm_b = perm_b if perm_b.dim() == 3 else perm_b.unsqueeze(1).expand(-1, groups, -1)
+    return compose_ranks(torch.cat([perm_a, perm_b + n1], -1), n1, n2, groups)
 
 
 def compose_ranks(ranks: Tensor, n1: int, n2: int, groups: int) -> Tensor:
@@ -327,6 +331,7 @@ def compose_ranks(ranks: Tensor, n1: int, n2: int, groups: int) -> Tensor:
     stride = k if ranks.dim() == 3 else 0
     take_a, take_b, base = _tables(_compose_tables)(n1, n2, groups, stride, n1, ranks.device)
     flat = ranks if ranks.dim() == 2 else ranks.flatten(1)
+    # Two gathers from small constant tables: an exported graph stays a handful of nodes.
     return flat.index_select(1, take_a) * n2 + flat.index_select(1, take_b) + base
 
 
@@ -338,7 +343,7 @@ def _tables(cached):
 
 @functools.lru_cache(maxsize=256)
 def _compose_tables(n1: int, n2: int, groups: int, stride: int, offset_b: int, device) -> tuple[Tensor, ...]:
-    """Index tables of `compose_ranks` (and A's of `compose_permutation`): for output channel
+    """Index tables of `compose_ranks`: for output channel
     `o = (i * n2 + j) * G + g`, `take_a[o] = g * stride + i`, `take_b[o] = g * stride + offset_b + j` and
     `base[o] = g * n - offset_b`. Built once per shape and device (constants in a traced graph)."""
     n = n1 * n2
@@ -347,13 +352,6 @@ def _compose_tables(n1: int, n2: int, groups: int, stride: int, offset_b: int, d
     take_b = torch.tensor([g * stride + offset_b + j for _, j, g in outs], device=device)
     base = torch.tensor([g * n - offset_b for _, _, g in outs], device=device)
     return take_a, take_b, base
-
-
-@functools.lru_cache(maxsize=256)
-def _compose_tables_b(n1: int, n2: int, groups: int, stride: int, device) -> Tensor:
-    """B's table of `compose_permutation` (B's permutations in their own tensor, per-group stride n2)."""
-    n = n1 * n2
-    return torch.tensor([g * stride + m % n2 for m in range(n) for g in range(groups)], device=device)
 
 
 def permute_channels(x: Tensor, index: Tensor) -> Tensor:

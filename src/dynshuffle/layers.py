@@ -121,6 +121,15 @@ def spatial_mean(x: Tensor) -> Tensor:
 
 
 GENERATOR_STATS = ("mean", "mean_std")
+
+
+def pooled_stats(x: Tensor, stats: str) -> Tensor:
+    """The generator's input: per-channel spatial means ("mean") or means and standard deviations."""
+    if stats == "mean":
+        return spatial_mean(x)
+    return torch.cat([x.mean((2, 3)), x.float().std((2, 3), unbiased=False).to(x.dtype)], dim=1)
+
+
 GENERATOR_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "leaky_relu": F.leaky_relu, "none": lambda z: z}
 
 
@@ -154,9 +163,7 @@ class ShuffleGenerator(nn.Module):
                 head.bias.copy_(torch.eye(k).mul(diagonal_logit(k)).repeat(heads, 1, 1).reshape(-1))
 
     def pooled(self, x: Tensor) -> Tensor:
-        if self.stats == "mean":
-            return spatial_mean(x)
-        return torch.cat([x.mean((2, 3)), x.float().std((2, 3), unbiased=False).to(x.dtype)], dim=1)
+        return pooled_stats(x, self.stats)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.reduce(self.pooled(x))
@@ -212,7 +219,7 @@ class FusedShuffleGenerator(nn.Module):
         if self.training:
             raise RuntimeError("a fused shuffle generator is for inference only (call .eval()); fuse a copy "
                                "of the model, e.g. dynshuffle.fuse_for_inference(copy.deepcopy(model))")
-        pooled = ShuffleGenerator.pooled(self, x)
+        pooled = pooled_stats(x, self.stats)
         h = GENERATOR_ACTIVATIONS[self.activation](self.reduce(pooled))
         k = self.n1 + self.n2
         return self.head(h).view(-1, self.heads, k, k)
@@ -390,15 +397,19 @@ class _FactorizedShuffle(nn.Module):
 
     def hard_index(self, x: Tensor) -> Tensor:
         """The composed exact permutation index `(N|1, C)` for `x` (see `permutation`)."""
-        if self.fused_index is not None:
+        if self.fused:
             return self.fused_index(x)
         return self.index_from_scores(*self.scaled_logits(x))[0]
 
-    # Set by `fuse_for_inference`: a callable x -> index `(N|1, C)` that replaces the whole eval path.
-    fused_index = None
+    # Set by `fuse_for_inference`: then `fused_index(x)` replaces the whole eval path.
+    fused = False
 
     def fuse_for_inference(self) -> "_FactorizedShuffle":
         """Turn this module into its inference form, in place (irreversible: it can no longer train)."""
+        raise NotImplementedError
+
+    def fused_index(self, x: Tensor) -> Tensor:
+        """The index `(N|1, C)` of the fused inference form."""
         raise NotImplementedError
 
     def uses_soft_path(self) -> bool:
@@ -406,7 +417,7 @@ class _FactorizedShuffle(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, self.channels, type(self).__name__)
-        if self.fused_index is not None:
+        if self.fused:
             return DF.permute_channels(x, self.fused_index(x))
         scores_a, scores_b = self.scaled_logits(x)
         if self.uses_soft_path():
@@ -534,12 +545,11 @@ class DynamicShuffle(_FactorizedShuffle):
             raise ValueError("fuse_for_inference needs binarize_rounds=0 (the claim rounds have no fused form)")
         if not isinstance(self.generator, FusedShuffleGenerator):
             self.generator = self.generator.fused(self.temperature)
-        self.fused_index = self._fused_index
+        self.fused = True
         return self
 
-    def _fused_index(self, x: Tensor) -> Tensor:
-        conf, col = torch.softmax(self.generator(x), dim=-1).max(-1)
-        ranks = DF.ranked_columns(col, conf, self.n1 + self.n2)
+    def fused_index(self, x: Tensor) -> Tensor:
+        ranks = DF.ranked_columns(*DF.row_argmax(self.generator(x)), self.n1 + self.n2)
         return DF.compose_ranks(ranks[:, 0] if self.share else ranks, self.n1, self.n2, self.groups)
 
     def extra_repr(self) -> str:
@@ -572,9 +582,13 @@ class LearnedShuffle(_FactorizedShuffle):
     @torch.no_grad()
     def fuse_for_inference(self) -> "LearnedShuffle":
         """In place: the permutation is computed once and kept as a buffer; inference is one index_select."""
-        self.register_buffer("fused_permutation", self.index_from_scores(*self.scaled_logits(None))[0], persistent=False)
-        self.fused_index = lambda x: self.fused_permutation
+        self.register_buffer("fused_permutation", self.index_from_scores(*self.scaled_logits(None))[0],
+                             persistent=False)
+        self.fused = True
         return self
+
+    def fused_index(self, x: Tensor) -> Tensor:
+        return self.fused_permutation
 
 
 class StaticDynamicShuffle(nn.Module):

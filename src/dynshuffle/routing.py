@@ -125,7 +125,7 @@ def run_routing(module: nn.Module, *, permutations: int = 8, steps: int = 3000, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_value = loss.item() if step == steps - 1 else loss_value
+        loss_value = loss.item()
         sched.finish()
     metrics = evaluate_routing(module, task, eval_samples)
     return RoutingResult(permutations=permutations, final_loss=loss_value,
