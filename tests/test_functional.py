@@ -132,6 +132,35 @@ def test_greedy_assignment_equals_sequential_greedy(k, decimals):
     assert torch.equal(DF.greedy_assignment(scores), _sequential_greedy(scores))
 
 
+def test_binarize_orders_collisions_by_confidence_then_row():
+    # Rows 0 and 2 both want column 1; row 2 is the more confident one and keeps it. Row 0 then takes the
+    # next column in the sorted order (2), and row 1's column 0 is untouched.
+    scores = torch.tensor([[0.0, 2.0, 0.0], [5.0, 0.0, 0.0], [0.0, 6.0, 0.0]])
+    assert DF.binarize(scores).tolist() == [2, 0, 1]
+    # Equal confidence: the lower row index goes first.
+    assert DF.binarize(torch.tensor([[0.0, 3.0], [0.0, 3.0]])).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("k", [64, 300])  # below and above the float32 key limit (4096 k² < 2**24)
+def test_binarize_large_matrices_keep_exact_keys(k):
+    g = torch.Generator().manual_seed(k)
+    perms = torch.stack([torch.randperm(k, generator=g) for _ in range(3)])
+    # Distinct argmaxes with confidences that differ by less than a float32 key could resolve at k = 300.
+    scores = DF.one_hot_permutation(perms) * 4.0 + torch.rand(3, k, k, generator=g) * 1e-3
+    assert torch.equal(DF.binarize(scores), perms)
+    collide = scores.clone()
+    collide[:, :, 0] += 10.0                  # every row's argmax is column 0
+    perm = DF.binarize(collide)
+    assert _is_permutation(perm)
+    # The most confident row keeps column 0.
+    conf = torch.softmax(collide, -1).max(-1).values
+    assert torch.equal(perm.argmin(-1), conf.argmax(-1))
+    # Same column, same confidence: rows keep their index order, which needs every unit of the key
+    # (a float32 key at k = 300 would round the row index away).
+    same = DF.ranked_columns(torch.full((2, k), k - 1), torch.full((2, k), 0.5))
+    assert torch.equal(same, torch.arange(k).expand(2, k))
+
+
 def test_binarize_is_exact_on_permutation_matrices():
     perms = torch.stack([torch.randperm(7) for _ in range(10)])
     assert torch.equal(DF.binarize(DF.one_hot_permutation(perms)), perms)

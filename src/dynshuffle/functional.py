@@ -200,7 +200,8 @@ def _sorted_assignment(scores: Tensor) -> Tensor:
 
 def row_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     """`(column, confidence)` of each row: its argmax and its largest softmax probability."""
-    conf, col = torch.softmax(scores.detach().float(), dim=-1).max(-1)
+    scores = scores.detach() if scores.requires_grad else scores
+    conf, col = torch.softmax(scores if scores.dtype == torch.float32 else scores.float(), dim=-1).max(-1)
     return col, conf
 
 
@@ -208,26 +209,25 @@ def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None) -> Tensor:
     """The permutation that gives the k-th row by (column `col`, descending confidence `conf` in [0, 1],
     then row index) column k: `argsort(argsort(key))`.
 
-    The key is an exact integer: confidence is quantised to 1/4096 and the row index breaks what is left
-    of a tie, so the order is deterministic (equal on every device, eager or exported) without a stable sort.
+    The key `(col * 4096 - round(4095 * conf)) * k + row` is an exact integer held in a float (float32
+    while it stays below 2**24, float64 beyond): confidence is quantised to 1/4095 and the row index
+    breaks what is left of a tie, so the order is deterministic (equal on every device, eager or exported)
+    without a stable sort. A NaN confidence gives a NaN key: that row's place is arbitrary, but the result
+    is a permutation all the same. Four elementwise ops: at batch 1 this path is bound by per-op overhead.
     `k`: the number of rows, when the caller knows it as a constant (an exporter then records no shape read).
     """
     k = col.shape[-1] if k is None else k
-    # clamp keeps NaN (its key is then arbitrary but fixed: the result is a permutation all the same).
-    doubt = torch.round((1.0 - conf.clamp(0.0, 1.0)) * 4095).long()
-    key = (_as_long(col) * 4096 + doubt) * k + _tables(_arange)(k, col.device)
+    dtype = torch.float32 if 4096 * k * k < 2 ** 24 else torch.float64
+    doubt = torch.round((conf if conf.dtype == dtype else conf.to(dtype)) * -4095.0)
+    key = torch.add(_tables(_row_keys)(k, dtype, col.device), torch.add(doubt, col, alpha=4096), alpha=k)
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
     order = key.topk(k, dim=-1, largest=False).indices
     return order.topk(k, dim=-1, largest=False).indices
 
 
 @functools.lru_cache(maxsize=64)
-def _arange(k: int, device) -> Tensor:
-    return torch.tensor(list(range(k)), device=device)  # a constant, also when first built inside a trace
-
-
-def _as_long(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.long else t.long()
+def _row_keys(k: int, dtype, device) -> Tensor:
+    return torch.tensor(list(range(k)), dtype=dtype, device=device)  # a constant, also inside a trace
 
 
 def _comparable_scores(scores: Tensor) -> Tensor:
@@ -372,8 +372,18 @@ def permute_channels(x: Tensor, index: Tensor) -> Tensor:
         rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
         out = torch.gather(rows, 2, index.unsqueeze(1).expand(n, h * w, c))
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    flat = index + torch.arange(0, n * c, c, device=index.device).unsqueeze(1)
-    return x.reshape(n * c, h * w).index_select(0, flat.reshape(-1)).view(n, c, h, w)
+    if torch.compiler.is_compiling():  # the batch size may be symbolic there
+        offsets = torch.arange(0, n * c, c, device=index.device).unsqueeze(1)
+    else:  # cached: at batch 1-64 the two small ops cost as much as the gather of a small tensor
+        offsets = _sample_offsets(n, c, index.device)
+    flat = index + offsets
+    return x.reshape(n * c, h * w).index_select(0, flat.view(-1)).view(n, c, h, w)
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_offsets(n: int, c: int, device) -> Tensor:
+    """`(n, 1)` row offsets `i * c` of the samples of an `(n * c, H * W)` view."""
+    return torch.tensor([[i * c] for i in range(n)], device=device)
 
 
 def invert_permutation(index: Tensor) -> Tensor:
@@ -388,3 +398,4 @@ def orthogonality_penalty(m: Tensor) -> Tensor:
     gram = torch.matmul(m, m.transpose(-1, -2))
     eye = torch.eye(m.shape[-1], device=m.device, dtype=m.dtype)
     return (gram - eye).pow(2).sum((-2, -1))
+

@@ -207,7 +207,8 @@ class FusedShuffleGenerator(nn.Module):
     merged into one that writes a block-diagonal `(n1 + n2) x (n1 + n2)` score matrix per head (A's block,
     then B's; the off-block scores are -1e9, so no row ever picks a column of the other factor), and the
     temperature folded into the head. One pooling, two GEMMs and a ReLU per module; built by
-    `ShuffleGenerator.fused`, it cannot train."""
+    `ShuffleGenerator.fused`, it cannot train. Returns `(N, k, k)` scores for one head, `(N, heads, k, k)`
+    for several (k = n1 + n2)."""
 
     def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
                  activation: str):
@@ -219,10 +220,13 @@ class FusedShuffleGenerator(nn.Module):
         if self.training:
             raise RuntimeError("a fused shuffle generator is for inference only (call .eval()); fuse a copy "
                                "of the model, e.g. dynshuffle.fuse_for_inference(copy.deepcopy(model))")
-        pooled = pooled_stats(x, self.stats)
-        h = GENERATOR_ACTIVATIONS[self.activation](self.reduce(pooled))
+        # Plain ops, not the Linear modules' calls nor the differentiable pooling: at batch 1 this path
+        # is bound by per-call overhead (docs/performance.md).
+        pooled = x.mean((2, 3)) if self.stats == "mean" else pooled_stats(x, self.stats)
+        h = GENERATOR_ACTIVATIONS[self.activation](F.linear(pooled, self.reduce.weight, self.reduce.bias))
         k = self.n1 + self.n2
-        return self.head(h).view(-1, self.heads, k, k)
+        scores = F.linear(h, self.head.weight, self.head.bias)
+        return scores.view(-1, k, k) if self.heads == 1 else scores.view(-1, self.heads, k, k)
 
     def extra_repr(self) -> str:
         return f"factors=({self.n1}, {self.n2}), heads={self.heads}, stats={self.stats!r}, activation={self.activation!r}"
@@ -510,8 +514,8 @@ class DynamicShuffle(_FactorizedShuffle):
         binarize_rounds: claim rounds of the branch-free binarization (`functional.binarize`).
 
     After a forward that built soft matrices, `self.regularization` holds that forward's orthogonality
-    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable). `ShuffleSchedule` sets `mode`,
-    `temperature` and `noise` over training.
+    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable).
+    `ShuffleSchedule` sets `mode`, `temperature` and `noise` over training.
     """
 
     def __init__(self, channels: int, groups: int = 2, factors: tuple[int, int] | None = None,
@@ -550,7 +554,7 @@ class DynamicShuffle(_FactorizedShuffle):
 
     def fused_index(self, x: Tensor) -> Tensor:
         ranks = DF.ranked_columns(*DF.row_argmax(self.generator(x)), self.n1 + self.n2)
-        return DF.compose_ranks(ranks[:, 0] if self.share else ranks, self.n1, self.n2, self.groups)
+        return DF.compose_ranks(ranks, self.n1, self.n2, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", hidden={self.hidden}"
