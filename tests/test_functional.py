@@ -161,6 +161,16 @@ def test_binarize_large_matrices_keep_exact_keys(k):
     assert torch.equal(same, torch.arange(k).expand(2, k))
 
 
+def test_batch_variance_measures_disagreement_across_the_batch():
+    perms = torch.stack([torch.roll(torch.arange(4), shift) for shift in range(4)])
+    spread = DF.one_hot_permutation(perms)               # each row's choice spread evenly over the columns
+    same = DF.one_hot_permutation(perms[:1].expand(4, 4))
+    uniform = torch.full((4, 4, 4), 0.25)
+    assert DF.batch_variance(same).item() == 0.0
+    assert DF.batch_variance(uniform).item() == 0.0      # unsure rows do not count as diversity
+    assert DF.batch_variance(spread).item() == pytest.approx(1 - 1 / 4)
+
+
 def test_binarize_is_exact_on_permutation_matrices():
     perms = torch.stack([torch.randperm(7) for _ in range(10)])
     assert torch.equal(DF.binarize(DF.one_hot_permutation(perms)), perms)

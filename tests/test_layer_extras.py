@@ -59,3 +59,32 @@ def test_temperature_changes_the_soft_matrices_once_the_logits_move():
     a1, _ = mods[0].soft_factors(x)
     a4, _ = mods[1].soft_factors(x)
     assert not torch.allclose(a1, a4)
+
+
+def test_diversity_rewards_batches_whose_permutations_differ():
+    torch.manual_seed(0)
+    plain = DynamicShuffle(24, groups=2, hidden=8, head_init=1.0, mode="soft").train()
+    diverse = DynamicShuffle(24, groups=2, hidden=8, head_init=1.0, mode="soft", diversity=2.0).train()
+    diverse.load_state_dict(plain.state_dict())
+    x = torch.randn(16, 24, 4, 4)
+    plain(x)
+    diverse(x)
+    a, b = plain.soft_matrices(x)
+    import dynshuffle.functional as DF
+
+    variance = DF.batch_variance(a) + DF.batch_variance(b)
+    assert variance > 0
+    torch.testing.assert_close(diverse.regularization, plain.regularization - 2.0 * variance)
+    diverse.regularization.backward()            # differentiable
+    assert diverse.generator.head_b.weight.grad.abs().sum() > 0
+
+
+def test_diversity_is_validated_and_passes_through_the_config():
+    from dynshuffle.training.config import Config, apply_overrides
+    from dynshuffle.training.loop import layer_options
+
+    with pytest.raises(ValueError, match="diversity"):
+        DynamicShuffle(24, 2, diversity=-1.0)
+    cfg = Config()
+    apply_overrides(cfg, ["model.diversity=0.5"])
+    assert layer_options(cfg)["diversity"] == 0.5

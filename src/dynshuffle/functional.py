@@ -36,6 +36,7 @@ __all__ = [
     "permute_channels",
     "invert_permutation",
     "orthogonality_penalty",
+    "batch_variance",
 ]
 
 
@@ -399,3 +400,10 @@ def orthogonality_penalty(m: Tensor) -> Tensor:
     eye = torch.eye(m.shape[-1], device=m.device, dtype=m.dtype)
     return (gram - eye).pow(2).sum((-2, -1))
 
+
+def batch_variance(m: Tensor) -> Tensor:
+    """How much a batch of row-stochastic matrices `(N, ..., n, n)` disagrees: the variance over the batch
+    of each entry, summed over a row's columns and averaged over rows. 0 when every sample has the same
+    matrix; largest (1 - 1/n) when every sample's rows are one-hot and spread evenly over the columns.
+    Unlike a load-balancing term on the batch mean alone, uniform (unsure) rows do not raise it."""
+    return m.float().var(0, unbiased=False).sum(-1).mean()

@@ -512,9 +512,12 @@ class DynamicShuffle(_FactorizedShuffle):
         activation: the generator's hidden nonlinearity: "relu" (squeeze-excitation's), "gelu",
             "leaky_relu" or "none" (a linear generator).
         binarize_rounds: claim rounds of the branch-free binarization (`functional.binarize`).
+        diversity: weight of a reward for soft factors that differ across the batch
+            (`functional.batch_variance`), subtracted from the penalty; 0 = none. Measured not to make a
+            trained classifier data-dependent (docs/method.md §7.3); kept for experiments.
 
     After a forward that built soft matrices, `self.regularization` holds that forward's orthogonality
-    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable).
+    penalty ‖AAᵀ − I‖² + ‖BBᵀ − I‖² (batch-averaged, differentiable; minus the diversity term).
     `ShuffleSchedule` sets `mode`, `temperature` and `noise` over training.
     """
 
@@ -522,10 +525,13 @@ class DynamicShuffle(_FactorizedShuffle):
                  hidden: int | None = None, temperature: float = 1.0, share: bool = True,
                  mode: str = "auto", confidence: float = 0.05, *, relaxation: str = "softmax",
                  noise: float = 0.0, sinkhorn_iters: int = 5, stats: str = "mean", head_init: float = 0.0,
-                 activation: str = "relu", binarize_rounds: int = 0):
+                 activation: str = "relu", binarize_rounds: int = 0, diversity: float = 0.0):
         super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
                          sinkhorn_iters, binarize_rounds)
         confidence = _check_confidence(confidence)
+        if not (isinstance(diversity, (int, float)) and math.isfinite(diversity) and diversity >= 0):
+            raise ValueError(f"diversity must be a number >= 0, got {diversity!r}")
+        self.diversity = float(diversity)
         self.hidden = default_hidden(channels, self.n1, self.n2) if hidden is None else int(hidden)
         if self.hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
@@ -539,6 +545,14 @@ class DynamicShuffle(_FactorizedShuffle):
         if isinstance(self.generator, FusedShuffleGenerator):
             raise RuntimeError("this DynamicShuffle was fused for inference: it only computes exact permutations")
         return self.generator(x)
+
+    def penalty(self, a: Tensor, b: Tensor) -> Tensor:
+        """The orthogonality penalty, minus `diversity` x the batch variance of the soft factors
+        (`functional.batch_variance`): lower when different inputs pick different permutations."""
+        penalty = super().penalty(a, b)
+        if self.diversity and a.shape[0] > 1:
+            penalty = penalty - self.diversity * (DF.batch_variance(a) + DF.batch_variance(b))
+        return penalty
 
     def fuse_for_inference(self) -> "DynamicShuffle":
         """In place: BatchNorm folded into the generator, one head writing a block-diagonal score matrix for
@@ -557,7 +571,8 @@ class DynamicShuffle(_FactorizedShuffle):
         return DF.compose_ranks(ranks, self.n1, self.n2, self.groups)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", hidden={self.hidden}"
+        text = super().extra_repr() + f", hidden={self.hidden}"
+        return text + (f", diversity={self.diversity:g}" if self.diversity else "")
 
 
 def _diagonal_logit_fn(confidence: float, temperature: float):

@@ -115,7 +115,7 @@ def make_stem(stem: str, in_channels: int, out_channels: int) -> tuple[nn.Sequen
 # Keyword options of DynamicShuffle that a model passes through to every learned/dynamic/SDS module
 # (`layer_options`); the learned shuffle takes those in LEARNED_OPTIONS.
 LAYER_OPTIONS = ("confidence", "relaxation", "noise", "sinkhorn_iters", "stats", "head_init", "activation",
-                 "binarize_rounds")
+                 "binarize_rounds", "diversity")
 LEARNED_OPTIONS = ("confidence", "relaxation", "noise", "sinkhorn_iters", "binarize_rounds")
 
 

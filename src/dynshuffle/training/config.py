@@ -6,7 +6,7 @@ An unknown section or key, a wrong type, or a value outside a key's choices rais
 key (and the expected type), whether it comes from YAML or from `--set`.
 
     model:    name, shuffle, pointwise, stem, shuffle_groups, factors, hidden, temperature, share,
-              confidence, relaxation, stats, head_init, sync_bn
+              confidence, relaxation, stats, head_init, diversity, sync_bn
     data:     name, root, download, batch_size (global, over all processes), eval_batch_size, workers
     optim:    name, lr, base_batch_size (lr is scaled by batch_size / base_batch_size), momentum, nesterov,
               weight_decay, exempt_norm_bias, grad_clip
@@ -68,6 +68,8 @@ class ModelConfig:
         choices=("mean", "mean_std"), doc="generator input; null: the layer's default"))
     head_init: Optional[float] = field(default=None, metadata=_key(
         doc="std of the generator heads' initial weights; null: the layer's default"))
+    diversity: Optional[float] = field(default=None, metadata=_key(
+        doc="weight of the batch-concentration term of dynamic layers; null: the layer's default"))
     sync_bn: bool = field(default=True, metadata=_key(doc="SyncBatchNorm under multi-GPU DDP (CUDA only)"))
 
 

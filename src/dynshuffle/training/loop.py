@@ -64,7 +64,7 @@ def build_model(cfg: Config, num_classes: int, stem: str) -> nn.Module:
 
 def layer_options(cfg: Config) -> dict:
     """The model keys that pass through to the shuffle layers (null keys keep the layer's defaults)."""
-    keys = ("confidence", "relaxation", "stats", "head_init")
+    keys = ("confidence", "relaxation", "stats", "head_init", "diversity")
     return {k: getattr(cfg.model, k) for k in keys if getattr(cfg.model, k) is not None}
 
 
