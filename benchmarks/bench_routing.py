@@ -59,10 +59,25 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a comma-separated list of integers, got {text!r}")
+    if "," not in text:
+        if len(values) != 1 or values[0] < 1:
+            raise argparse.ArgumentTypeError(f"a seed count must be >= 1, got {text!r}")
+        return list(range(values[0]))
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="48x2,116x2,240x3", help="comma-separated CxG")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=_seed_list, default=_seed_list("3"),
+                        help="a count N (seeds 0..N-1) or a comma-separated list of seeds, e.g. 0,2")
     parser.add_argument("--permutations", type=int, default=8, help="K")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--noise-std", type=float, default=0.3)
@@ -80,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [{"layer": layer, "channels": c, "groups": g, "seed": seed, "permutations": args.permutations,
              "steps": args.steps, "noise_std": args.noise_std, "module": json.loads(args.module) if layer != "fixed" else {},
              "schedule": json.loads(args.schedule)}
-            for layer in layers for c, g in sizes for seed in range(args.seeds)]
+            for layer in layers for c, g in sizes for seed in args.seeds]
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
         rows = []
         for row in pool.map(run_job, jobs):
