@@ -71,7 +71,7 @@ def default_hidden(channels: int, n1: int, n2: int) -> int:
 
     The floor of 16 is measured: with 8 ReLU units the generator of the routing benchmark failed to
     separate one of its 8 targets in 2 of 9 runs (exact recovery 0.88 and 0.75), with 16 it separated all
-    (docs/method.md §7). ShuffleNets pass their own, smaller width (`shufflenet_default_hidden`).
+    (docs/method.md §7). ShuffleNets pass their own, smaller width (`models._blocks.SHUFFLENET_HIDDEN`).
 
     The heads cost `d * (n1² + n2²)` parameters; ShuffleNetV2's widths carry a prime factor (29 at 1.0x,
     61 at 2.0x), so n2 can be large and `d = C / 4` (squeeze-excitation's usual width) would add about

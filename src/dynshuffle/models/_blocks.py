@@ -26,9 +26,6 @@ STEM_INPUT_SIZE = {"imagenet": 224, "tiny": 64, "cifar": 32}
 # model-level init loop must leave everything inside them alone.
 SHUFFLE_MODULE_TYPES = (DynamicShuffle, LearnedShuffle, StaticDynamicShuffle)
 
-# Generator width of the learned/dynamic modules in the ShuffleNets when `hidden` is not given.
-DEFAULT_HIDDEN = 4
-
 FactorsArg = Union[None, int, tuple, Mapping, Callable[[int], tuple]]
 HiddenArg = Union[None, int, Callable[[int, int, int], int]]
 
@@ -40,18 +37,15 @@ HiddenArg = Union[None, int, Callable[[int, int, int], int]]
 SHUFFLENET_CONFIDENCE = 0.9
 
 
-def shufflenet_default_hidden() -> int:
-    """Generator width of every dynamic / SDS module of a ShuffleNet when `hidden` is not given: 4.
-
-    The layer's own default (`layers.default_hidden`, at least 16) is sized for one module; a ShuffleNet
-    carries 16 of them, its heads cost d * (n1² + n2²) parameters each, and ShuffleNetV2's widths contain
-    large primes (116 = 4 x 29, 244 = 4 x 61: with G = 2 every head has n2 = 29 at 1.0x, 61 at 2.0x).
-    With d = 8 a dynamic V2 1.0x / 2.0x on a 10- or 100-class task (no 1000-way classifier to dilute the
-    count) exceeds the 10 % parameter budget of docs/design.md §6 (12.5 % / 11.4 % at 10 classes), and so
-    does a V1 0.25x (13.5 %). d = 4 keeps every V2 width under 7 % and every V1 under 8 %, at any class count
-    (docs/models.md has the table).
-    """
-    return DEFAULT_HIDDEN
+# Generator width of every dynamic / SDS module of a ShuffleNet when `hidden` is not given.
+# The layer's own default (`layers.default_hidden`, at least 16) is sized for one module; a ShuffleNet
+# carries 16 of them, its heads cost d * (n1² + n2²) parameters each, and ShuffleNetV2's widths contain
+# large primes (116 = 4 x 29, 244 = 4 x 61: with G = 2 every head has n2 = 29 at 1.0x, 61 at 2.0x).
+# With d = 8 a dynamic V2 1.0x / 2.0x on a 10- or 100-class task (no 1000-way classifier to dilute the
+# count) exceeds the 10 % parameter budget of docs/design.md §6 (12.5 % / 11.4 % at 10 classes), and so
+# does a V1 0.25x (13.5 %). d = 4 keeps every V2 width under 7 % and every V1 under 8 %, at any class count
+# (docs/models.md has the table).
+SHUFFLENET_HIDDEN = 4
 
 
 def check_choice(what: str, value: Any, choices: tuple) -> str:

@@ -21,9 +21,9 @@ from ._blocks import (
     conv_bn,
     init_weights,
     make_stem,
-    shufflenet_default_hidden,
     width_tag,
     STEMS,
+    SHUFFLENET_HIDDEN,
 )
 from .registry import register_model
 
@@ -163,9 +163,9 @@ class ShuffleNetV1(ShuffleNetBase):
             and only combines with `shuffle="static"` (any other shuffle raises ValueError).
         shuffle_groups: G of the learned/dynamic/SDS modules (default `groups`; must divide the
             bottleneck channels).
-        factors, hidden, temperature, share, layer_options: passed to the learned/dynamic/SDS
-            modules (`hidden=None`:
-            `shufflenet_default_hidden`, 4, as in ShuffleNetV2: the parameter budget of small models).
+        factors, hidden, temperature, share, layer_options: passed to the learned/dynamic/SDS modules
+            (`hidden=None`: `SHUFFLENET_HIDDEN`, 4, as in ShuffleNetV2: the parameter budget of small
+            models).
         dropout: before the classifier (default none, as the official code).
 
     The classifier has no bias, as in the official code. The module records `config`.
@@ -192,7 +192,7 @@ class ShuffleNetV1(ShuffleNetBase):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         options = ShuffleOptions(shuffle, pointwise, groups if shuffle_groups is None else shuffle_groups,
-                                 factors, hidden, shufflenet_default_hidden(), temperature, share,
+                                 factors, hidden, SHUFFLENET_HIDDEN, temperature, share,
                                  layer_options)
         self.config = {
             "name": f"shufflenet_v1_g{groups}_{width_tag(width)}", "arch": "shufflenet_v1", "groups": groups,

@@ -19,9 +19,9 @@ from ._blocks import (
     conv_bn,
     init_weights,
     make_stem,
-    shufflenet_default_hidden,
     width_tag,
     STEMS,
+    SHUFFLENET_HIDDEN,
 )
 from .registry import register_model
 
@@ -105,10 +105,9 @@ class ShuffleNetV2(ShuffleNetBase):
             of every stride-1 unit's branch).
         stem: "imagenet" (224x224), "tiny" (64x64) or "cifar" (32x32); see `make_stem`.
         shuffle_groups: G of every shuffle / SDS module (default 2, ShuffleNetV2's shuffle).
-        factors, hidden, temperature, share, layer_options: passed to the learned/dynamic/SDS
-            modules (`factors` and
-            `hidden` also accept per-module rules, see `ShuffleOptions`); `hidden=None` means
-            `shufflenet_default_hidden` (4: the parameter budget, see its docstring).
+        factors, hidden, temperature, share, layer_options: passed to the learned/dynamic/SDS modules
+            (`factors` and `hidden` also accept per-module rules, see `ShuffleOptions`); `hidden=None`
+            means `SHUFFLENET_HIDDEN` (4: the parameter budget, see its comment).
         dropout: before the classifier; None = the official choice (0.2 at 2.0x, none otherwise).
         in_channels: image channels.
 
@@ -128,7 +127,7 @@ class ShuffleNetV2(ShuffleNetBase):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         options = ShuffleOptions(shuffle, pointwise, 2 if shuffle_groups is None else shuffle_groups,
-                                 factors, hidden, shufflenet_default_hidden(), temperature, share,
+                                 factors, hidden, SHUFFLENET_HIDDEN, temperature, share,
                                  layer_options)
         self.config = {
             "name": f"shufflenet_v2_{width_tag(width)}", "arch": "shufflenet_v2", "width": width,
