@@ -170,7 +170,7 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
         return torch.zeros(*batch_shape, 1, dtype=torch.long, device=scores.device)
     # NaN handling and ties: see `ranked_columns`.
     if rounds <= 0:
-        return _sorted_assignment(scores.detach())
+        return ranked_columns(*row_argmax(scores))
     flat = scores.detach().reshape(-1, k, k)
     work = _comparable_scores(flat)
     rows = torch.arange(k, device=flat.device)
@@ -192,11 +192,6 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
     col_key = torch.where(free_col, rows, k + rows).float()
     rest = torch.zeros_like(perm).scatter(-1, row_key.argsort(-1), col_key.argsort(-1).expand_as(perm))
     return torch.where(free_row, rest, perm).reshape(*batch_shape, k)
-
-
-def _sorted_assignment(scores: Tensor) -> Tensor:
-    """`binarize` with no claim rounds: the k-th row by (argmax column, descending confidence) gets column k."""
-    return ranked_columns(*row_argmax(scores))
 
 
 def row_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -359,7 +354,7 @@ def permute_channels(x: Tensor, index: Tensor) -> Tensor:
     """`out[n, c] = x[n, index[n, c]]` for `x` `(N, C, H, W)` and `index` `(N, C)` or `(1, C)`: one gather.
 
     Keeps channels-last inputs channels-last (a gather along the innermost axis). Under an exporter it
-    is one GatherElements over a broadcast index (a few graph nodes instead of batch-offset arithmetic).
+    gathers whole rows of the `(N * C, H * W)` view (one Gather node).
     """
     n, c, h, w = x.shape
     if index.shape[0] == 1:

@@ -115,7 +115,9 @@ class _SpatialMean(torch.autograd.Function):
 
 
 def spatial_mean(x: Tensor) -> Tensor:
-    if torch.compiler.is_compiling() or DF.is_tracing():
+    # The custom backward only matters when a gradient flows; inference (and the fused form, bound by
+    # per-call overhead at batch 1) takes the plain op.
+    if not (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling() or DF.is_tracing():
         return x.mean((2, 3))
     return _SpatialMean.apply(x)
 
@@ -162,11 +164,8 @@ class ShuffleGenerator(nn.Module):
             with torch.no_grad():
                 head.bias.copy_(torch.eye(k).mul(diagonal_logit(k)).repeat(heads, 1, 1).reshape(-1))
 
-    def pooled(self, x: Tensor) -> Tensor:
-        return pooled_stats(x, self.stats)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.reduce(self.pooled(x))
+        z = self.reduce(pooled_stats(x, self.stats))
         if self.training and z.shape[0] == 1:
             # Batch statistics of a single sample are undefined: normalise with the running ones.
             z = F.batch_norm(z, self.norm.running_mean, self.norm.running_var, self.norm.weight,
@@ -220,9 +219,9 @@ class FusedShuffleGenerator(nn.Module):
         if self.training:
             raise RuntimeError("a fused shuffle generator is for inference only (call .eval()); fuse a copy "
                                "of the model, e.g. dynshuffle.fuse_for_inference(copy.deepcopy(model))")
-        # Plain ops, not the Linear modules' calls nor the differentiable pooling: at batch 1 this path
-        # is bound by per-call overhead (docs/performance.md).
-        pooled = x.mean((2, 3)) if self.stats == "mean" else pooled_stats(x, self.stats)
+        # F.linear, not the Linear modules' calls: at batch 1 this path is bound by per-call overhead
+        # (docs/performance.md).
+        pooled = pooled_stats(x, self.stats)
         h = GENERATOR_ACTIVATIONS[self.activation](F.linear(pooled, self.reduce.weight, self.reduce.bias))
         k = self.n1 + self.n2
         scores = F.linear(h, self.head.weight, self.head.bias)
@@ -343,9 +342,7 @@ class _FactorizedShuffle(nn.Module):
 
     @noise.setter
     def noise(self, value: float) -> None:
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"noise must be a number >= 0, got {value!r}")
-        self._noise = float(value)
+        self._noise = _check_nonnegative("noise", value)
 
     def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -436,8 +433,8 @@ class _FactorizedShuffle(nn.Module):
         if self.mode == "hard" or not (self.training and generator_needs_grad):
             self.regularization = None
             return DF.permute_channels(x, index)
-        # "ste": exact permutation forward, soft-matrix gradients backward, so the generator still learns (a bare gather gives it no gradient, and DDP
-        # then stops on parameters that received none).
+        # "ste": exact permutation forward, soft-matrix gradients backward, so the generator still learns
+        # (a bare gather gives it no gradient, and DDP then stops on parameters that received none).
         a, b = self.soft_from_scores(scores_a, scores_b)
         self.regularization = self.penalty(a, b)
         batch = x.shape[0]
@@ -477,6 +474,12 @@ def _as_float32(t: Tensor) -> Tensor:
 def _gumbel_like(t: Tensor) -> Tensor:
     u = torch.rand_like(t).clamp_(1e-9, 1.0 - 1e-9)
     return -torch.log(-torch.log(u))
+
+
+def _check_nonnegative(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def _check_confidence(confidence: float) -> float:
@@ -529,9 +532,7 @@ class DynamicShuffle(_FactorizedShuffle):
         super().__init__(channels, groups, factors, temperature, share, mode, relaxation, noise,
                          sinkhorn_iters, binarize_rounds)
         confidence = _check_confidence(confidence)
-        if not (isinstance(diversity, (int, float)) and math.isfinite(diversity) and diversity >= 0):
-            raise ValueError(f"diversity must be a number >= 0, got {diversity!r}")
-        self.diversity = float(diversity)
+        self.diversity = _check_nonnegative("diversity", diversity)
         self.hidden = default_hidden(channels, self.n1, self.n2) if hidden is None else int(hidden)
         if self.hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")

@@ -104,9 +104,8 @@ def run_routing(module: nn.Module, *, permutations: int = 8, steps: int = 3000, 
     whatever the layer needs to learn must live in its defaults and in the schedule's.
     A module without parameters (`ChannelShuffle`) is only evaluated.
     """
-    channels = module.channels if hasattr(module, "channels") else None
-    groups = module.groups
-    if channels is None:
+    channels, groups = getattr(module, "channels", None), getattr(module, "groups", None)
+    if channels is None or groups is None:
         raise ValueError("run_routing needs a module with `channels` and `groups` (or a ChannelShuffle with "
                          "`channels` set as an attribute)")
     torch.manual_seed(seed)

@@ -6,10 +6,10 @@
         loss = criterion(model(x), y) + schedule.penalty()
         ...
 
-Every quantity is a pure function of the step, so resuming needs only the step (`state_dict` holds it and
-the recipe, and `load_state_dict` checks that the recipe is the one in use).
+Every quantity is a pure function of the step, so resuming needs only the step (`state_dict` holds it and,
+for the record, the recipe; `load_state_dict` restores the step under the recipe in use).
 
-The recipe (docs/method.md, "Recipe", has the measurements behind each default):
+The recipe (docs/method.md §7 has the measurements behind each default):
 
 - `explore_fraction` of the steps run in "soft" mode, with no penalty: the generator moves freely between
   permutations (the orthogonality penalty makes every permutation a local minimum, so applying it from the
