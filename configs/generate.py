@@ -19,15 +19,20 @@ HERE = Path(__file__).resolve().parent
 DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "imagenet")
 MODELS = ("shufflenet_v1_g3_x1_0", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0")
 VARIANT_NAMES = ("static", "learned", "dynamic", "sds")
+FASHION_MODELS = ("shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5", "shufflenet_v1_g8_x0_5")
 
 
 def all_configs() -> dict[str, Config]:
-    """File name -> config: every dataset x model x variant, plus digits (the offline default) for V2 0.5x."""
+    """File name -> config: every dataset x model x variant, Fashion-MNIST for the 0.5x models, and digits
+    (the offline default) for V2 0.5x."""
     out = {}
     for dataset in DATASETS:
         for model in MODELS:
             for variant in VARIANT_NAMES:
                 out[f"{dataset}_{model}_{variant}.yaml"] = recipe(dataset, model, variant)
+    for model in FASHION_MODELS:  # the real benchmark of this machine (docs/method.md §8)
+        for variant in VARIANT_NAMES:
+            out[f"fashion-mnist_{model}_{variant}.yaml"] = recipe("fashion-mnist", model, variant)
     for variant in VARIANT_NAMES:  # the recipe of `dynshuffle compare`, one variant per file
         out[f"digits_shufflenet_v2_x0_5_{variant}.yaml"] = recipe("digits", "shufflenet_v2_x0_5", variant)
     return out

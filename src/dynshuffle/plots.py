@@ -9,6 +9,8 @@ Each picture answers one question of `dynshuffle.inspection` by eye:
 - `diversity.png`: per layer, how much the permutation depends on the input (agreement, distinct
   permutations, share of inputs that still get the fixed shuffle).
 - `training.png`: the penalty per epoch and the accuracy columns of the run's log.csv.
+- `compare.png` (written by `dynshuffle compare`): top-1 ± std against multiply-adds, one point per
+  variant: which variant buys accuracy for its arithmetic.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas directly, never through pyplot, so
 importing this module changes no global backend and works on machines without a display. Every file
@@ -31,7 +33,8 @@ import torch
 from .utils import atomic_open, atomic_write_text
 
 __all__ = ["plot_matrices", "plot_class_agreement", "plot_sample_agreement", "plot_closeness", "plot_diversity",
-           "plot_training", "render_report", "planned_files", "layer_file_name", "read_log"]
+           "plot_training", "plot_accuracy_vs_macs", "render_report", "planned_files", "layer_file_name",
+           "read_log"]
 
 SAMPLE_AGREEMENT_MAX = 64  # inputs shown in sample_agreement.png (an N x N picture stops being readable)
 
@@ -322,6 +325,42 @@ def plot_training(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"Training history ({Path(log_csv).parent.name}/log.csv)", fontsize=11)
     return _save(fig, path)
+
+
+def plot_accuracy_vs_macs(rows: Sequence[dict], path: str | os.PathLike, title: str) -> Path:
+    """Top-1 (mean ± sample std over seeds, in %) against multiply-adds, one labelled point per row.
+
+    `rows` are `compare` rows (or compare.csv rows): `variant`, `model`, `macs`, `top1_mean`, `top1_std`,
+    `seeds`. Rows of several models (e.g. two widths) share the axes, so a variant can be read against the
+    baseline at equal multiply-adds.
+    """
+    points = []
+    for row in rows:
+        macs, mean = _float(row.get("macs")), _float(row.get("top1_mean"))
+        if math.isfinite(macs) and math.isfinite(mean):
+            std = _float(row.get("top1_std"))
+            points.append((macs / 1e6, 100 * mean, 100 * std if math.isfinite(std) else 0.0,
+                           f"{row.get('model', '')} {row['variant']}".strip(), str(row.get("seeds", ""))))
+    if not points:
+        raise ValueError("no row has both multiply-adds and a top-1 to plot")
+    fig = _figure(7.5, 4.8)
+    ax = fig.subplots()
+    for macs, mean, std, label, seeds in points:
+        ax.errorbar([macs], [mean], yerr=[std], marker="o", capsize=4, linestyle="none",
+                    label=f"{label} ({seeds} seeds)" if seeds else label)
+    ax.set_xlabel("multiply-adds per image (millions)")
+    ax.set_ylabel("top-1 % (mean ± sample std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    return _save(fig, path)
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 FIXED_FILES = ("class_agreement.png", "sample_agreement.png", "closeness.png", "diversity.png", "stats.json")

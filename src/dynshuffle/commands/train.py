@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.state.pt")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     parser.add_argument("--download", action="store_true",
-                        help="fetch the dataset into --data if it is missing (CIFAR; sets data.download=true)")
+                        help="fetch the dataset into --data if it is missing (CIFAR, Fashion-MNIST; sets data.download=true)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads of this process (default: torch's, i.e. OMP_NUM_THREADS when set, else "
                              "one per core); on a busy machine --threads 1 is often faster")

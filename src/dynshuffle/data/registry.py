@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from .cifar import load_cifar
 from .digits import load_digits_splits
+from .fashion_mnist import load_fashion_mnist
 from .folders import load_imagenet, load_tiny_imagenet
 from .spec import DatasetSpec
 
@@ -24,6 +25,11 @@ _REGISTRY: dict[str, tuple[DatasetSpec, Loader]] = {
     "digits": (
         DatasetSpec("digits", 10, 32, "cifar", (0.3054,) * 3, (0.3237,) * 3),
         lambda spec, root, download: load_digits_splits(),
+    ),
+    # Fashion-MNIST mean/std: measured on the 60 000 training images (tests/test_data.py checks them).
+    "fashion-mnist": (
+        DatasetSpec("fashion-mnist", 10, 28, "cifar", (0.2860,) * 3, (0.3530,) * 3),
+        lambda spec, root, download: load_fashion_mnist(root, download),
     ),
     "cifar10": (
         DatasetSpec("cifar10", 10, 32, "cifar", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -67,8 +73,9 @@ def build_datasets(
 ) -> tuple[Dataset, Dataset]:
     """(train, validation) datasets of `name`; items are (uint8 tensor (3, S, S), int label).
 
-    `root` is unused for "digits" (bundled with scikit-learn) and required for the others.
-    `download=True` fetches CIFAR archives that are missing; the folder datasets cannot be
+    `root` is unused for "digits" (bundled with scikit-learn), defaults to Debian's install location for
+    "fashion-mnist", and is required for the others. `download=True` fetches missing CIFAR archives and
+    Fashion-MNIST files; the folder datasets cannot be
     downloaded automatically and ignore it. Problems with the data raise `DataError`.
     """
     spec, loader = _REGISTRY[_canonical(name)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -196,7 +197,8 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
             data_root: str | None = None, model: str = DEFAULT_MODEL, overrides: list[str] | tuple = (),
             latency_runs: int = 30, verbose: bool = True, workers: int | None = None,
             overwrite: bool = False) -> list[dict]:
-    """Train every variant with every seed under one recipe; write `compare.md` and `compare.csv` into `out`
+    """Train every variant with every seed under one recipe; write `compare.md`, `compare.csv` and (with
+    matplotlib) `compare.png`, top-1 against multiply-adds, into `out`
     (and one run folder per training under `out/<variant>/seed<N>`, each with its result.json); return the rows.
 
     The runs go to `workers` processes of one thread each (default: one per CPU core, at most one per run).
@@ -244,17 +246,25 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     md = format_markdown(rows, data=dataset, model=model, seeds=seed_list, epochs=base.train.epochs, seconds=total)
     atomic_write_text(out / "compare.md", md)
     atomic_write_text(out / "compare.csv", format_csv(rows))
+    written = [out / "compare.md", out / "compare.csv"]
+    if importlib.util.find_spec("matplotlib") is not None:  # optional (the viz extra)
+        from dynshuffle.plots import plot_accuracy_vs_macs
+
+        written.append(plot_accuracy_vs_macs(
+            rows, out / "compare.png", f"{model} on {dataset}, {base.train.epochs} epochs, seeds "
+                                       f"{', '.join(map(str, seed_list))}"))
     if verbose:
         print(md, end="")
-        print(f"written: {out / 'compare.md'}, {out / 'compare.csv'}")
+        print(f"written: {', '.join(map(str, written))}")
     return rows
 
 
 def _jobs(base: Config, variants: list[str], seed_list: list[int], out: Path, verbose: bool) -> list[dict]:
     """One job per (variant, seed): its resolved config and run folder."""
     jobs = []
-    for variant in variants:
-        for seed in seed_list:
+    # Seed-major: an interrupted comparison has every variant's first seeds before any variant's last.
+    for seed in seed_list:
+        for variant in variants:
             cfg = copy.deepcopy(base)
             for key, value in _parse_variant(variant).items():
                 setattr(cfg.model, key, value)
