@@ -359,8 +359,8 @@ def test_digits_mean_std_constants_match_the_training_split():
 
 
 def test_registry_specs_and_unknown_name():
-    assert list_datasets() == ["digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet"]
-    expected = {"digits": (10, 32, "cifar"), "cifar10": (10, 32, "cifar"), "cifar100": (100, 32, "cifar"),
+    assert list_datasets() == ["digits", "fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "imagenet"]
+    expected = {"digits": (10, 32, "cifar"), "fashion-mnist": (10, 28, "cifar"), "cifar10": (10, 32, "cifar"), "cifar100": (100, 32, "cifar"),
                 "tiny-imagenet": (200, 64, "tiny"), "imagenet": (1000, 224, "imagenet")}
     for name, (classes, size, stem) in expected.items():
         spec = get_dataset_spec(name)
