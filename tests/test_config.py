@@ -61,6 +61,7 @@ def test_unknown_keys_in_yaml_are_named(tmp_path, data, needle):
     ({"train": {"epochs": 0}}, r"'train.epochs': must be >= 1"),
     ({"shuffle": {"ste_fraction": 1.5}}, r"'shuffle.ste_fraction': must be in \[0, 1\]"),
     ({"train": {"epochs": True}}, r"'train.epochs': expected int"),
+    ({"train": {"resume": True}}, r"'train.resume': expected str or null, got True"),
 ])
 def test_wrong_types_in_yaml_name_key_and_type(tmp_path, data, needle):
     with pytest.raises(ValueError, match=needle):
@@ -75,6 +76,9 @@ def test_wrong_types_in_yaml_name_key_and_type(tmp_path, data, needle):
     ("optim.lr", r"expected key=value"),
     ("train.amp=fp8", r"'train.amp': 'fp8' is not one of"),
     ("train.device=tpu", r"'train.device': must be auto, cpu, cuda or cuda:N"),
+    ("train.resume=always", r"'train.resume': 'always' is not one of auto"),
+    ("train.dist_timeout=0", r"'train.dist_timeout': must be > 0 \(seconds\), got 0.0"),
+    ("data.skip_corrupt=maybe", r"'data.skip_corrupt': expected bool, got 'maybe'"),
 ])
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ValueError, match=needle):

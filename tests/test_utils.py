@@ -1,4 +1,5 @@
-"""Atomic writes: all or nothing, readable permissions."""
+"""Atomic writes: all or nothing, readable permissions, a failed write that names its file."""
+import errno
 import os
 import stat
 
@@ -31,3 +32,21 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("crash")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "keep.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(OSError) as err:
+        with atomic_open(target, "wb") as fh:
+            fh.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write(2) gives: no file name
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert str(err.value) == f"[Errno {errno.ENOSPC}] No space left on device: '{target}'"
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+    missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError) as err:  # an error that names its own file keeps it
+        with atomic_path(target):
+            missing.read_bytes()
+    assert err.value.filename == str(missing)

@@ -14,11 +14,15 @@ A checkpoint named `last` is two files in the run folder:
   config. Loaded with
   `torch.load(weights_only=True)`: only tensors and plain containers, no pickled code.
 
-Both files are written to temporary names first and renamed one after the other, so a crash at any
-point leaves the previous pair in place; the shared `epoch` detects a mismatched pair.
+Both files are serialised in memory, written to temporary names, flushed and fsynced, and only then
+renamed one after the other: a crash or a full disk while writing leaves the previous pair in place (and
+no temporary file), and the shared `epoch` detects a pair mismatched by a crash between the two renames.
+Writing from Python (not from safetensors' or torch's own file writers, which turn a failed write into
+an error without errno or path) makes a full disk an `OSError` (ENOSPC) that names the file.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import atomic_open, atomic_path
+from .utils import atomic_open, atomic_write_bytes, flush_to_disk
 
 
 class CheckpointError(ValueError):
@@ -61,11 +65,20 @@ def model_config_of(model: nn.Module) -> dict | None:
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
     """Write the model's weights to `path` atomically (safetensors)."""
-    from safetensors.torch import save_file
-
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    with atomic_path(path) as tmp:
-        save_file(cpu_state_dict(model), str(tmp), metadata=meta)
+    atomic_write_bytes(path, _safetensors_bytes(model, meta))
+
+
+def _safetensors_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    return save(cpu_state_dict(model), metadata=metadata)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def rng_state() -> dict:
@@ -103,12 +116,16 @@ def save_checkpoint(run_dir: str | Path, name: str, model: nn.Module, state: dic
         metadata["model_config"] = json.dumps(model_cfg)
     if config is not None:
         metadata["config"] = json.dumps(config)
-    from safetensors.torch import save_file
-
-    # Both temporary files are complete before either rename: a crash leaves the old pair.
-    with atomic_path(weights) as tmp_weights, atomic_open(state_file, "wb") as fh:
-        save_file(cpu_state_dict(model), str(tmp_weights), metadata=metadata)
-        torch.save({**state, "config": config, "model_config": model_cfg}, fh)
+    weights_bytes = _safetensors_bytes(model, metadata)
+    state_bytes = _torch_bytes({**state, "config": config, "model_config": model_cfg})
+    # Both temporary files are on disk before either rename: a crash or a full disk leaves the old pair.
+    # (Nested, not side by side, so that a failed write is named by the one context it passes through.)
+    with atomic_open(weights, "wb") as weights_fh:
+        weights_fh.write(weights_bytes)
+        flush_to_disk(weights_fh)
+        with atomic_open(state_file, "wb") as state_fh:
+            state_fh.write(state_bytes)
+            flush_to_disk(state_fh)
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:

@@ -1,4 +1,8 @@
-"""Small shared helpers: atomic file writes (a crash never leaves a half-written file behind)."""
+"""Small shared helpers: atomic file writes (a crash or a full disk never leaves a half-written file behind).
+
+A failed write, flush or fsync (ENOSPC, EIO, EFBIG: the OS names no file for these) is re-raised as the same
+OSError with the target path as its filename, so the one-line message says which file could not be written.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -31,13 +35,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            flush_to_disk(fh)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as err:
+        _discard(tmp, err, path)
         raise
+
+
+def flush_to_disk(fh: IO) -> None:
+    """Flush Python's buffer and fsync: a full disk shows up here, not later at close or rename."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _named(err: OSError, path: str | os.PathLike) -> OSError:
+    """`err`, or when it names no file (a failed write(2) or fsync(2)) the same error naming `path`."""
+    if err.filename is not None or err.errno is None:
+        return err
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -65,7 +80,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as err:
+        _discard(tmp, err, path)
         raise
+
+
+def _discard(tmp: str, err: BaseException, path: Path) -> None:
+    """Remove the temporary file of a failed write; an OSError that names no file is re-raised naming `path`."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    if isinstance(err, OSError):
+        named = _named(err, path)
+        if named is not err:
+            raise named from None

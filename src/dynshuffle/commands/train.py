@@ -13,7 +13,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config file name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.state.pt")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
+                        help="continue the run in --out from last.state.pt; --resume auto: continue it when "
+                             "--out holds one, else start afresh (the command line for torchrun --max-restarts; "
+                             "config key train.resume)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     parser.add_argument("--download", action="store_true",
                         help="fetch the dataset into --data if it is missing (CIFAR, Fashion-MNIST; sets data.download=true)")
@@ -21,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads of this process (default: torch's, i.e. OMP_NUM_THREADS when set, else "
                              "one per core); on a busy machine --threads 1 is often faster")
     parser.epilog = ("Multi-GPU / multi-node: torchrun --nproc_per_node=N -m dynshuffle.cli train --config FILE "
-                     "(the same command as a single process).")
+                     "(the same command as a single process); add --max-restarts=3 to torchrun and --resume auto "
+                     "to train to survive a lost process.")
 
 
 def set_threads(threads: int | None) -> None:
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--config FILE is required unless --resume is given")
         config_path = out / "config.yaml"
         if not config_path.is_file():
-            raise FileNotFoundError(f"not found: {config_path} (--resume without --config reads the run's config)")
+            raise FileNotFoundError(f"not found: {config_path} (--resume without --config reads the run's config; "
+                                    f"a new run needs --config FILE)")
     set_threads(args.threads)
     cfg = load_config(config_path, args.overrides)
     if args.data:

@@ -2,20 +2,27 @@
 
 Only file paths are held in memory; each item is decoded, converted to RGB (grayscale, CMYK and
 palette images included) and augmented in the DataLoader worker that asks for it.
+
+A file that does not decode raises `DataError` naming it, unless `skip_corrupt_images` was called (config
+key `data.skip_corrupt`): then the item is the next readable image of the list (its own label), and the
+replaced item is counted in a shared-memory tensor with one slot per DataLoader worker, which the main
+process sums (`corrupt_skipped`).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from .errors import DataError
 from .transforms import SampleTransform, eval_transform, train_transform
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+MAX_CORRUPT_RUN = 16  # consecutive unreadable files before skip_corrupt gives up: a broken folder, not a bad file
 
 IMAGENET_LAYOUT = "train/<class>/*.JPEG and val/<class>/*.JPEG"
 TINY_LAYOUT = "train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt and wnids.txt"
@@ -38,13 +45,52 @@ class ImageFileDataset(Dataset):
         self.classes = classes
         self.transform = transform
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.corrupt_counts: torch.Tensor | None = None  # set by skip_corrupt_images
+        self._reported: set[Path] = set()  # corrupt files this process has named on stderr
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.corrupt_counts is not None:
+            return self._readable_from(index)
         path, label = self.samples[index]
         return self.transform(load_rgb(path)), label
+
+    def skip_corrupt_images(self, workers: int) -> None:
+        """From now on an image that does not decode is replaced by the next readable one and counted.
+
+        `workers`: the DataLoader's worker count. Each worker (and the main process, slot 0) adds to its
+        own slot of a shared-memory tensor, so counts from worker processes reach the main process
+        without a lock. Call before the DataLoader starts its workers.
+        """
+        self.corrupt_counts = torch.zeros(workers + 1, dtype=torch.int64).share_memory_()
+
+    @property
+    def corrupt_skipped(self) -> int:
+        """Items replaced because their image did not decode, over every process of this dataset."""
+        return 0 if self.corrupt_counts is None else int(self.corrupt_counts.sum())
+
+    def _readable_from(self, index: int) -> tuple[torch.Tensor, int]:
+        for offset in range(min(MAX_CORRUPT_RUN, len(self))):
+            path, label = self.samples[(index + offset) % len(self)]
+            try:
+                image = load_rgb(path)
+            except DataError as err:
+                if offset == 0:
+                    self._count_corrupt(path, err)
+                continue
+            return self.transform(image), label
+        raise DataError(f"{self.samples[index][0]} and the next {MAX_CORRUPT_RUN - 1} images do not decode "
+                        f"(data.skip_corrupt skips single bad files, not a broken folder)")
+
+    def _count_corrupt(self, path: Path, err: DataError) -> None:
+        worker = get_worker_info()
+        slot = 0 if worker is None else (1 + worker.id) % len(self.corrupt_counts)  # wraps only if misconfigured
+        self.corrupt_counts[slot] += 1
+        if path not in self._reported:  # once per file and process, however often the sampler draws it
+            self._reported.add(path)
+            print(f"data.skip_corrupt: {err}; using the next image instead", file=sys.stderr, flush=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes)"

@@ -7,13 +7,14 @@ key (and the expected type), whether it comes from YAML or from `--set`.
 
     model:    name, shuffle, pointwise, stem, shuffle_groups, factors, hidden, temperature, share,
               confidence, relaxation, stats, head_init, diversity, sync_bn
-    data:     name, root, download, batch_size (global, over all processes), eval_batch_size, workers
+    data:     name, root, download, batch_size (global, over all processes), eval_batch_size, workers, skip_corrupt
     optim:    name, lr, base_batch_size (lr is scaled by batch_size / base_batch_size), momentum, nesterov,
               weight_decay, exempt_norm_bias, grad_clip
     schedule: name (cosine | linear | step | constant), warmup_epochs, min_lr_factor, milestones, gamma
     shuffle:  lambda, explore_fraction, ste_fraction, temperature, final_temperature, noise, train_mode,
               eval_soft (the settings of dynshuffle.ShuffleSchedule)
-    train:    epochs, seed, device, amp, label_smoothing, steps_per_epoch, eval_steps, deterministic
+    train:    epochs, seed, device, amp, label_smoothing, steps_per_epoch, eval_steps, deterministic, resume,
+              dist_timeout
     log:      tensorboard, progress, print_epochs
 """
 from __future__ import annotations
@@ -83,6 +84,9 @@ class DataConfig:
     batch_size: int = field(default=128, metadata=_key(doc="global batch, split evenly over processes"))
     eval_batch_size: Optional[int] = field(default=None, metadata=_key(doc="per process; null: batch_size"))
     workers: int = 2
+    skip_corrupt: bool = field(default=False, metadata=_key(
+        doc="folder datasets: an image that does not decode is replaced by the next one and counted (log.csv "
+            "skipped_corrupt); false: the run stops with an error naming the file"))
 
 
 @dataclass
@@ -149,6 +153,12 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = field(default=None, metadata=_key(doc="cap on steps (smoke tests)"))
     eval_steps: Optional[int] = field(default=None, metadata=_key(doc="cap on evaluation batches (smoke tests)"))
     deterministic: bool = False
+    resume: Optional[str] = field(default=None, metadata=_key(
+        choices=("auto",), doc="auto: continue the run folder's training state when it holds one, else start "
+                               "afresh (one command line for torchrun --max-restarts); null: as --resume says"))
+    dist_timeout: Optional[float] = field(default=None, metadata=_key(
+        doc="seconds a collective waits for the other processes before the run stops with an error naming it; "
+            "null: the backend's default (30 min gloo, 10 min nccl)"))
 
 
 @dataclass
@@ -375,6 +385,7 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.train.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     need(cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1")
     need(cfg.train.eval_steps is None or cfg.train.eval_steps >= 1, "train.eval_steps", "must be >= 1")
+    need(cfg.train.dist_timeout is None or cfg.train.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
     dev = cfg.train.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")

@@ -14,9 +14,11 @@ COLUMNS = [
     "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
     "val_top1_hard", "val_top1_soft", "val_top5_soft", "val_loss_soft",
     "lr", "lambda", "penalty", "shuffle_mode", "dynamic_layers", "distinct_median", "images_per_s", "seconds",
+    "skipped_corrupt",
 ]
 # dynamic_layers: dynamic-shuffle layers where >= 5 % of the first eval images leave the layer's most common
 # permutation (data-dependent layers); distinct_median: median number of distinct permutations per layer.
+# skipped_corrupt: training images replaced because they did not decode (data.skip_corrupt; empty when it is off).
 
 
 def _fmt(value) -> str:

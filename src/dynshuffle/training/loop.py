@@ -6,12 +6,18 @@ train ...`): the same code. Per epoch: pick the shuffle mode of the binarization
 straight-through for the last `shuffle.ste_fraction` of the epochs), train with
 cross-entropy + lambda * orthogonality penalty, evaluate with the exact permutation and with the soft
 matrices, write log.csv, save `best` and `last` checkpoints (rank 0 only).
+
+Faults (docs/training.md, "Faults"): `resume="auto"` continues whatever the run folder holds, so one command
+line survives `torchrun --max-restarts`; every process's RNG streams are checkpointed, so a restarted job
+ends with the weights of an uninterrupted one; a collective that outlasts `train.dist_timeout` stops the run
+with `CollectiveTimeoutError` naming it; `data.skip_corrupt` replaces and counts images that do not decode.
 """
 from __future__ import annotations
 
 import copy
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as D
+from . import faults
 from dynshuffle.data.loaders import ShardSampler, make_loader
 
 from .config import Config, save_config
@@ -41,7 +48,8 @@ class NonFiniteLossError(ValueError):
 
 
 class RunFolderError(ValueError):
-    """The run folder holds a previous run (and neither resume nor overwrite was asked for)."""
+    """The run folder holds a previous run (and neither resume nor overwrite was asked for), or the
+    processes of one job do not see the same run folder."""
 
 
 def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -140,6 +148,8 @@ class Run:
     best_top1: float = -1.0
     history: list = field(default_factory=list)
     saved_epoch: int | None = None  # the epoch of the checkpoint this run folder holds (None: none yet)
+    fault: Callable[[int], None] | None = None  # test-only fault hook (training/faults.py); None in real runs
+    corrupt_seen: int = 0  # corrupt training images this process skipped up to the last epoch
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +163,7 @@ class Run:
         return self.peak_lr * self.lr_schedule(step)
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overwrite: bool = False,
           model: nn.Module | None = None, data_root: str | None = None,
           on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train per `cfg` into the run folder `out_dir`; returns {"run_dir", "history", "best_top1", "final", "model"}.
@@ -163,14 +173,23 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
     `on_epoch(row)` is called (on rank 0) with each epoch's log row once its checkpoint is saved.
     With `resume`, the keys of FIXED_ON_RESUME must match the checkpoint's; others (optim.lr,
     train.epochs, schedule.*, shuffle.*, ...) take their new values from the next step on.
+    `resume="auto"` (or `cfg.train.resume: auto` when neither `resume` nor `overwrite` is given) resumes
+    when the run folder holds a training state and starts afresh otherwise.
     """
     cfg = copy.deepcopy(cfg)
     if data_root is not None:
         cfg.data.root = str(data_root)
     run_dir = Path(out_dir)
-    ctx = D.setup(cfg.train.device)
+    mode = resume_mode(cfg, resume, overwrite)
+    ctx = D.setup(cfg.train.device, cfg.train.dist_timeout)
+    run = None
     try:
-        state = check_run_folder(cfg, run_dir, resume=resume, overwrite=overwrite)
+        state = check_run_folder(cfg, run_dir, resume=mode, overwrite=overwrite)
+        check_same_run_folder(ctx, run_dir, state)
+        if ctx.is_main and (note := D.restart_store_note()):
+            print(note, file=sys.stderr, flush=True)
+        if mode == "auto" and state is None and ctx.is_main:
+            print(f"resume: no training state in {run_dir} yet (--resume auto); starting a new run", flush=True)
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
@@ -198,15 +217,36 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
         logger.close()
         return {"run_dir": str(run_dir), "history": run.history, "best_top1": run.best_top1,
                 "final": run.history[-1] if run.history else None, "model": run.raw_model}
+    except RuntimeError as err:
+        if ctx.distributed and D.timed_out(err):
+            saved = run.saved_epoch if run is not None else None
+            raise D.CollectiveTimeoutError(_timeout_message(ctx, run_dir, saved)) from err
+        raise
     finally:
         D.cleanup(ctx)
 
 
 # ---- setup --------------------------------------------------------------------------------------------------
 
-def check_run_folder(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> dict | None:
-    """Refuse to clobber a previous run by accident; with `resume`, the checkpoint state (overrides checked)."""
+def resume_mode(cfg: Config, resume: bool | str, overwrite: bool) -> bool | str:
+    """True, False or "auto": the `resume` argument (--resume, --resume auto) when given; otherwise
+    `train.resume` of the config, unless `overwrite` asks for a fresh start."""
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume: expected True, False or 'auto', got {resume!r}")
+    if resume == "auto" and overwrite:
+        raise ValueError("--resume auto and --overwrite contradict each other (auto continues a run that "
+                         "--overwrite would start afresh); pass one of them")
+    if resume is False and not overwrite and cfg.train.resume == "auto":
+        return "auto"
+    return resume
+
+
+def check_run_folder(cfg: Config, run_dir: Path, *, resume: bool | str, overwrite: bool) -> dict | None:
+    """Refuse to clobber a previous run by accident; with `resume`, the checkpoint state (overrides checked).
+    `resume="auto"` resumes when the folder holds a training state (last.state.pt) and starts afresh otherwise."""
     last_state = run_dir / "last.state.pt"
+    if resume == "auto":
+        resume = last_state.exists()
     if resume and not last_state.exists():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from ({last_state} not found)")
     if not resume and not overwrite and last_state.exists():
@@ -218,6 +258,18 @@ def check_run_folder(cfg: Config, run_dir: Path, *, resume: bool, overwrite: boo
     state["_tensors"] = tensors
     check_resume_overrides(state.get("config"), cfg)
     return state
+
+
+def check_same_run_folder(ctx: D.DistContext, run_dir: Path, state: dict | None) -> None:
+    """Every process must resume the same epoch, or all start afresh: with --resume auto, a run folder on a
+    disk that only some nodes see would otherwise split one job into runs at different epochs."""
+    mine = None if state is None else int(state["epoch"])
+    found = D.all_gather_object(mine, ctx)
+    if len(set(found)) > 1:
+        seen = ", ".join(f"rank {r}: {'no training state' if e is None else f'epoch {e}'}"
+                         for r, e in enumerate(found))
+        raise RunFolderError(f"the processes do not see the same run folder {run_dir} ({seen}); "
+                             f"put it on a file system every node shares")
 
 
 def resume_changes(saved: dict | None, cfg: Config) -> tuple[list[str], list[str]]:
@@ -266,6 +318,10 @@ def _data(cfg: Config, ctx: D.DistContext):
     train_set, val_set = build_datasets(cfg.data.name, root=cfg.data.root, download=cfg.data.download)
     if cfg.data.download and ctx.distributed and ctx.is_main:
         D.barrier(ctx)
+    if cfg.data.skip_corrupt:  # datasets that decode files (the folder datasets) know how to skip a bad one
+        for dataset in (train_set, val_set):
+            if hasattr(dataset, "skip_corrupt_images"):
+                dataset.skip_corrupt_images(cfg.data.workers)
     if cfg.data.batch_size % ctx.world_size:
         raise ValueError(f"config key 'data.batch_size': {cfg.data.batch_size} does not split evenly "
                          f"over {ctx.world_size} processes")
@@ -310,7 +366,7 @@ def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | Non
                scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), peak_lr=peak,
                lr_schedule=build_lr_schedule(cfg.schedule, cfg.train.epochs, steps_per_epoch),
                shuffle_schedule=shuffle_schedule, amp_dtype=amp_dtype, steps_per_epoch=steps_per_epoch,
-               show_bars=progress_enabled(cfg.log.progress, ctx))
+               show_bars=progress_enabled(cfg.log.progress, ctx), fault=faults.from_env(ctx.rank))
 
 
 def restore(run: Run, state: dict) -> None:
@@ -319,9 +375,13 @@ def restore(run: Run, state: dict) -> None:
     ckpt.load_model_weights(run.raw_model, state["_tensors"], run.run_dir / "last.safetensors")
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
-    ckpt.set_rng_state(state["rng"])
-    if run.ctx.rank:  # rank 0's RNG was saved; other ranks get their own deterministic streams
-        torch.manual_seed(run.cfg.train.seed + 1000 * run.ctx.rank + state["epoch"])
+    ranks = state.get("rng_ranks")
+    if ranks and len(ranks) == run.ctx.world_size:  # every process continues its own random streams
+        ckpt.set_rng_state(ranks[run.ctx.rank])
+    else:  # a single-process checkpoint, or another process count: other ranks get deterministic streams
+        ckpt.set_rng_state(state["rng"])
+        if run.ctx.rank:
+            torch.manual_seed(run.cfg.train.seed + 1000 * run.ctx.rank + state["epoch"])
     run.start_epoch, run.best_top1 = state["epoch"], state["best_top1"]
     run.history, run.saved_epoch = list(state["history"]), state["epoch"]
     if run.ctx.is_main:
@@ -363,6 +423,10 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
         if step >= run.steps_per_epoch:
             break
         global_step = epoch * run.steps_per_epoch + step
+        if run.fault is not None:
+            run.fault(global_step)
+        where = f"training step {step + 1} of epoch {epoch + 1}"
+        ctx.phase = f"the DDP forward's buffer broadcast of {where}"
         last["lr"] = run.lr_at(global_step)
         set_lr(run.optimizer, last["lr"])
         if run.shuffle_schedule is not None:
@@ -381,11 +445,13 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
         # check reads the flag every `check_every` steps, so that it costs no sync per step.
         bad_loss = torch.where(torch.isfinite(loss.detach()), bad_loss, loss.detach())
         if (step + 1) % check_every == 0 or step + 1 == run.steps_per_epoch:
+            ctx.phase = f"the non-finite-loss all_reduce of {where}"
             D.all_reduce_sum(bad_loss, ctx)
             if not torch.isfinite(bad_loss):
                 raise NonFiniteLossError(_nan_message(run, float(bad_loss), epoch, step, check_every, last["lr"]))
 
         run.optimizer.zero_grad(set_to_none=True)
+        ctx.phase = f"the DDP gradient all-reduce of {where}"
         run.scaler.scale(loss).backward()
         if cfg.optim.grad_clip:
             run.scaler.unscale_(run.optimizer)
@@ -400,6 +466,7 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
                             img_s=f"{seen * ctx.world_size / (time.perf_counter() - t_train):.0f}")
     bar.close()
     last["train_seconds"] = time.perf_counter() - t_train
+    ctx.phase = f"the all_reduce of epoch {epoch + 1}'s training statistics"
     return stats.all_reduce(ctx), last
 
 
@@ -421,6 +488,7 @@ def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epo
     """Evaluate with the exact permutation (the deployed model) and the soft matrices, append the log row,
     save `best` then `last` (a crash in between leaves a consistent pair). Returns the row."""
     cfg, ctx, dynamic = run.cfg, run.ctx, run.shuffle_schedule is not None
+    ctx.phase = f"the evaluation of epoch {epoch + 1} (its BatchNorm-average and metric all-reduces)"
     D.average_buffers(run.raw_model, ctx)
     ev = evaluate_modes(run.raw_model, run.val_loader, run.val_tf, run.device, soft=cfg.shuffle.eval_soft,
                         amp_dtype=run.amp_dtype, ctx=ctx, progress=run.show_bars, max_batches=cfg.train.eval_steps)
@@ -439,15 +507,20 @@ def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epo
         "shuffle_mode": last["mode"],
         "dynamic_layers": dependence["dynamic_layers"] if dependence else None,
         "distinct_median": dependence["distinct_median"] if dependence else None,
+        "skipped_corrupt": skipped_corrupt(run) if cfg.data.skip_corrupt else None,
         "images_per_s": stats.images / max(last["train_seconds"], 1e-9), "seconds": time.perf_counter() - t_epoch,
     }
     run.history.append(row)
     is_best = hard["top1"] > run.best_top1
     run.best_top1 = max(run.best_top1, hard["top1"])
+    ctx.phase = f"gathering the random states for epoch {epoch + 1}'s checkpoint"
+    rng = D.all_gather_object(ckpt.rng_state(), ctx)  # every process's streams: a restart continues each
     if ctx.is_main:
         state = {"epoch": epoch + 1, "step": (epoch + 1) * run.steps_per_epoch,
                  "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-                 "rng": ckpt.rng_state(), "best_top1": run.best_top1, "history": run.history}
+                 "rng": rng[0], "best_top1": run.best_top1, "history": run.history}
+        if ctx.distributed:
+            state["rng_ranks"] = rng
         cfg_dict = cfg.to_dict()
         if is_best:
             ckpt.save_checkpoint(run.run_dir, "best", run.raw_model, state, cfg_dict)
@@ -455,8 +528,31 @@ def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epo
         write_csv(run.run_dir / "log.csv", run.history)
         logger.log_row(row, epoch + 1)
     run.saved_epoch = epoch + 1
+    ctx.phase = f"the barrier after epoch {epoch + 1} (rank 0 writes the checkpoint meanwhile)"
     D.barrier(ctx)
     return row
+
+
+def skipped_corrupt(run: Run) -> int:
+    """Training images replaced because they did not decode (data.skip_corrupt) in this epoch, over every
+    process and DataLoader worker: each corrupt file counts once per epoch that draws it. (Validation files
+    are replaced too, and named in a warning, but not counted: evaluation reads them once per mode.)"""
+    total = getattr(run.train_loader.dataset, "corrupt_skipped", 0)
+    new = torch.tensor(float(total - run.corrupt_seen), dtype=torch.float64, device=run.device)
+    run.corrupt_seen = total
+    return int(D.all_reduce_sum(new, run.ctx))
+
+
+def _timeout_message(ctx: D.DistContext, run_dir: Path, saved_epoch: int | None) -> str:
+    """Which process waited in what, for how long, and what the run folder holds (one line)."""
+    limit = f"train.dist_timeout={ctx.timeout:g} s" if ctx.timeout is not None else \
+        "the process group's default timeout (train.dist_timeout: null)"
+    text = (f"rank {ctx.rank} of {ctx.world_size}: {ctx.phase} did not complete within {limit}: another "
+            f"process stopped responding (hung or lost). ")
+    if saved_epoch is None:
+        return text + f"{run_dir} holds no checkpoint of this run yet."
+    return text + (f"{run_dir} holds the checkpoint of epoch {saved_epoch}: continue it with --resume auto "
+                   f"(torchrun --max-restarts=N does so by itself)")
 
 
 def _summary(row: dict, epochs: int) -> str:
@@ -471,4 +567,6 @@ def _summary(row: dict, epochs: int) -> str:
         text += f"  penalty {row['penalty']:.4f} ({row['shuffle_mode']})"
     if row.get("dynamic_layers") is not None:
         text += f"  data-dependent layers {row['dynamic_layers']}, distinct median {row['distinct_median']:g}"
+    if row.get("skipped_corrupt"):
+        text += f"  skipped {row['skipped_corrupt']} corrupt image(s)"
     return text + f"  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
