@@ -91,3 +91,14 @@ def test_base_config_is_the_dataset_recipe_made_quiet():
         cfg.pop("log"), ref.pop("log")
         assert cfg == ref
     assert base_config("digits", epochs=2).train.epochs == 2
+
+
+def test_a_run_saved_before_a_config_key_existed_keeps_its_recipe():
+    from dynshuffle.training.compare import _recipe_key
+
+    current = base_config("digits").to_dict()
+    older = base_config("digits").to_dict()
+    del older["train"]["resume"], older["data"]["skip_corrupt"]  # keys added after such a run was trained
+    assert _recipe_key(older) == _recipe_key(current)
+    older["optim"]["lr"] = 0.01
+    assert _recipe_key(older) != _recipe_key(current)

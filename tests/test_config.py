@@ -110,6 +110,10 @@ def test_generated_recipes_are_current_and_load():
     assert (imagenet.data.batch_size, imagenet.optim.lr, imagenet.optim.weight_decay) == (1024, 0.5, 4e-5)
     assert imagenet.schedule.name == "linear" and imagenet.train.label_smoothing == 0.1
     assert imagenet.optim.exempt_norm_bias
+    fashion = load_config(ROOT / "configs" / "fashion-mnist_shufflenet_v1_g8_x0_5_dynamic.yaml")
+    assert (fashion.model.name, fashion.model.stem, fashion.data.name) == ("shufflenet_v1_g8_x0_5", "tiny", "fashion-mnist")
+    assert (fashion.train.epochs, fashion.data.batch_size, fashion.optim.lr, fashion.schedule.warmup_epochs) == (10, 128, 0.1, 0.5)
+    assert fashion.shuffle.explore_fraction == 0.0
     sds = load_config(ROOT / "configs" / "cifar100_shufflenet_v2_x1_0_sds.yaml")
     assert (sds.model.shuffle, sds.model.pointwise) == ("static", "sds")
 

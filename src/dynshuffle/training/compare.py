@@ -63,7 +63,12 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _recipe_key(cfg_dict: dict) -> dict:
-    """The parts of a run's config that decide its result (not where the data lives, not the logging)."""
+    """The parts of a run's config that decide its result (not where the data lives, not the logging).
+
+    The saved config goes through `Config` first, so a key added to the schema after the run was trained
+    reads as its default: a study spanning versions keeps its finished runs while their recipe is the same.
+    """
+    cfg_dict = Config.from_dict(cfg_dict).to_dict()
     out = {sec: dict(values) for sec, values in cfg_dict.items() if sec != "log"}
     out.get("data", {}).pop("root", None)
     return out
