@@ -51,6 +51,18 @@ def test_compare_writes_the_table_and_reruns_keep_finished_runs(tmp_path, capsys
     assert "finished earlier" in capsys.readouterr().out and result.stat().st_mtime_ns == stamp
     assert [r["top1_mean"] for r in again] == [r["top1_mean"] for r in rows]
 
+    # Results kept without their checkpoints (as committed beside the docs): the table is rebuilt from
+    # result.json, with the architecture built from the recipe for the profile and the latency.
+    for weights in out.rglob("*.safetensors"):
+        weights.unlink()
+    for state in out.rglob("*.pt"):
+        state.unlink()
+    rebuilt = compare(["static", "dynamic"], seeds=1, epochs=1, out=out, overrides=FAST, latency_runs=3, workers=1)
+    assert result.stat().st_mtime_ns == stamp  # nothing was trained again
+    for before, after in zip(rows, rebuilt):
+        assert {k: after[k] for k in ("params", "macs", "top1_mean", "dynamic_layers")} == \
+            {k: before[k] for k in ("params", "macs", "top1_mean", "dynamic_layers")}
+
     # A changed recipe is refused unless overwrite, which trains afresh.
     with pytest.raises(CompareFolderError, match="different recipe.*--overwrite"):
         compare(["dynamic"], seeds=1, epochs=1, out=out, overrides=FAST + ["optim.lr=0.01"], workers=1)

@@ -293,12 +293,10 @@ def _announce(todo: list, done: dict, workers: int) -> None:
 def _variant_row(variant: str, results: list[dict], first_run: str, model: str, image_size: int, epochs: int,
                  latency_runs: int) -> dict:
     """One table row: profile and latency of the first seed's model, accuracy and dependence over seeds."""
-    from .checkpoint import build_model_from_checkpoint
     from .evaluate import measure_latency, profile_row
 
     finals = [r["final"] for r in results]
-    trained, _ = build_model_from_checkpoint(Path(first_run), "cpu")
-    trained.eval()
+    trained = _table_model(Path(first_run), results[0]["recipe"]).eval()
     prof = profile_row(trained, image_size)
     latency = measure_latency(trained, (1, 3, image_size, image_size), "cpu", runs=latency_runs)
     m, s = _mean_std([f["val_top1"] for f in finals])
@@ -313,6 +311,22 @@ def _variant_row(variant: str, results: list[dict], first_run: str, model: str, 
         "distinct_median": statistics.median([d["distinct_median"] for d in deps]) if deps else None,
         "seeds": len(results), "epochs": epochs, "train_seconds": sum(r["seconds"] for r in results),
     }
+
+
+def _table_model(run_dir: Path, recipe_dict: dict):
+    """The model the table profiles and times: the run's trained weights, or, when the run folder keeps only
+    its result.json (results committed without their checkpoints), the same architecture built from the
+    recipe. Parameters, multiply-adds and the operations timed do not depend on the weights' values."""
+    from .checkpoint import build_model_from_checkpoint
+    from .loop import build_model
+
+    if (run_dir / "last.safetensors").is_file():
+        return build_model_from_checkpoint(run_dir, "cpu")[0]
+    from dynshuffle.data import get_dataset_spec
+
+    cfg = Config.from_dict(recipe_dict)
+    spec = get_dataset_spec(cfg.data.name)
+    return build_model(cfg, spec.num_classes, spec.stem)
 
 
 def _pct(mean: float | None, std: float | None) -> str:
