@@ -38,6 +38,21 @@ def test_binarize_handles_ties_nan_and_inf():
     assert (perm[3] == 2).sum() == 1
 
 
+def test_binarize_pair_of_diverged_scores_gives_permutations_in_range():
+    # A diverged generator (NaN or infinite logits) once made binarize_pair return indices outside 0..n-1
+    # (a NaN key of A's rows sorted among B's), and the gather of the straight-through step failed.
+    scores_a, scores_b = torch.randn(5, 3, 3), torch.randn(5, 4, 4)
+    scores_a[0] = float("nan")
+    scores_a[1, 2] = float("inf")
+    scores_b[2, 1] = float("-inf")
+    scores_b[3] = float("nan")
+    perm_a, perm_b = DF.binarize_pair(scores_a, scores_b)
+    assert _is_permutation(perm_a) and _is_permutation(perm_b)
+    finite = torch.tensor([False, False, False, False, True])
+    assert torch.equal(perm_a[finite], DF.binarize(scores_a[finite])) and \
+        torch.equal(perm_b[finite], DF.binarize(scores_b[finite]))
+
+
 def test_collisions_sorted_by_column_then_confidence():
     scores = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 2.0]]])
     # Rows 0 and 1 both want column 1; row 1 is more confident. rounds=0: the k-th row in the order

@@ -208,13 +208,16 @@ def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None) -> Tensor:
     The key `(col * 4096 - round(4095 * conf)) * k + row` is an exact integer held in a float (float32
     while it stays below 2**24, float64 beyond): confidence is quantised to 1/4095 and the row index
     breaks what is left of a tie, so the order is deterministic (equal on every device, eager or exported)
-    without a stable sort. A NaN confidence gives a NaN key: that row's place is arbitrary, but the result
-    is a permutation all the same. Four elementwise ops: at batch 1 this path is bound by per-op overhead.
+    without a stable sort. A NaN confidence (a row of NaN or infinite scores: a diverged generator)
+    counts as 0, so its key stays finite and keeps its place among its own factor's rows: without that, a
+    NaN key of A's rows could sort among B's rows in `binarize_pair`, and the indices left the range.
+    Five elementwise ops: at batch 1 this path is bound by per-op overhead.
     `k`: the number of rows, when the caller knows it as a constant (an exporter then records no shape read).
     """
     k = col.shape[-1] if k is None else k
     dtype = torch.float32 if 4096 * k * k < 2 ** 24 else torch.float64
-    doubt = torch.round((conf if conf.dtype == dtype else conf.to(dtype)) * -4095.0)
+    conf = torch.nan_to_num(conf if conf.dtype == dtype else conf.to(dtype), nan=0.0)
+    doubt = torch.round(conf * -4095.0)
     key = torch.add(_tables(_row_keys)(k, dtype, col.device), torch.add(doubt, col, alpha=4096), alpha=k)
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
     order = key.topk(k, dim=-1, largest=False).indices
