@@ -12,7 +12,7 @@ from .fashion_mnist import load_fashion_mnist
 from .folders import load_imagenet, load_tiny_imagenet
 from .spec import DatasetSpec
 
-__all__ = ["DatasetSpec", "list_datasets", "get_dataset_spec", "build_datasets"]
+__all__ = ["list_datasets", "get_dataset_spec", "build_datasets"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

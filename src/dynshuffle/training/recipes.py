@@ -73,12 +73,8 @@ def recipe(dataset: str, model: str = "shufflenet_v2_x0_5", variant: str = "dyna
         cfg.train.epochs, cfg.train.label_smoothing = 240, 0.1
     else:
         raise ValueError(f"no recipe for dataset {dataset!r}; recipes: {', '.join(DATASETS)}")
-    # Dynamic-shuffle keys (fixed-shuffle variants ignore them): the penalty from the first step
-    # (explore_fraction 0), then straight-through for the last 25 %. ShuffleSchedule's own default explores
-    # without penalty for half of the steps, which a single layer needs to learn routing; in classifiers it
-    # measured no better for the dynamic shuffle and worse for the others (digits, 3 seeds: dynamic 94.63 vs
-    # 94.72, learned 90.65 vs 92.22, SDS 89.17 vs 91.39 %; docs/method.md §7.3).
-    cfg.shuffle.explore_fraction = 0.0
+    # Dynamic-shuffle keys (fixed-shuffle variants ignore them): ShuffleSchedule's defaults, the penalty from
+    # the first step (no penalty-free phase) and straight-through for the last 25 % (docs/method.md §7.3).
     cfg.model.name = model
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
