@@ -1,15 +1,15 @@
 """Export a model's inference graph to ONNX, checked and verified before it replaces anything.
 
-What is exported is the fused inference form (`dynshuffle.fuse_for_inference` of a copy): per shuffle
+What is exported is the fused inference form (`layers.fused.fuse_for_inference` of a copy): per shuffle
 module one pooling, two GEMMs (BatchNorm folded into the first, one head for A and B), one softmax, one
 argmax, the two sorts of the branch-free binarization (`functional.ranked_columns`), two table gathers that
-compose the index, and one GatherElements: about 30 nodes, with no data-dependent control flow, so both
-exporters trace it as it runs eagerly. No soft matrix, no multiply-add for the shuffle itself.
+compose the index, and one Gather of whole rows of the (N·C, H·W) view (`functional.permute_channels`):
+about 30 nodes, with no data-dependent control flow, so both exporters trace it as it runs eagerly. No
+soft matrix, no multiply-add for the shuffle itself.
 
 Why the TorchScript exporter (`exporter="torchscript"`, the default):
-- Measured on ShuffleNetV2 0.5x (CIFAR stem, dynamic, 2 shared CPU cores, torch 2.13): the TorchScript
-  exporter takes about 10 s and writes 3.4 MB; the torch.export-based one (`exporter="dynamo"`) takes
-  45 to 190 s and writes 6 to 14 MB (with / without its graph optimisation). The legacy exporter is
+- It is several times faster and writes smaller files than the torch.export-based one
+  (`exporter="dynamo"`; docs/performance.md, "ONNX export", has the measurements). The legacy exporter is
   deprecated upstream, so `exporter="dynamo"` is kept working as the way forward.
 - The sample input has batch 2, never 1: the gather in `permute_channels` has a special case for a
   single index row, and a trace with batch 1 would freeze it. The batch axis is then declared dynamic.
@@ -166,7 +166,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     # onnxruntime's worker threads busy-wait between runs by default; timed alternately with PyTorch
-    # on the same cores, that spinning starves PyTorch's threads (measured: 4 ms -> 1 s per forward).
+    # on the same cores, that spinning starves PyTorch's threads (docs/performance.md, "ONNX export").
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # constant-folding notices about CastLike are noise
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -286,8 +286,7 @@ def benchmark_onnx(model: nn.Module, path: str | os.PathLike, input_size: int, b
     The two are timed alternately in the same loop (`profiling.timing.time_pair`) so that load from
     other processes hits both alike, each with `threads` threads (default torch's current count).
     On a machine shared with other jobs use threads=1: OpenMP threads that wait for a preempted peer
-    slow PyTorch down by up to 100x there (measured on 2 shared cores), which says nothing about the
-    model. Returns rows {"batch", "threads", "onnxruntime_ms", "pytorch_ms", "ratio"} (ratio =
+    slow PyTorch down by orders of magnitude there (docs/deploy.md), which says nothing about the model. Returns rows {"batch", "threads", "onnxruntime_ms", "pytorch_ms", "ratio"} (ratio =
     onnxruntime / PyTorch). Indicative only on a shared machine.
     """
     previous = torch.get_num_threads()

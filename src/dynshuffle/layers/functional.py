@@ -361,7 +361,7 @@ def permute_channels(x: Tensor, index: Tensor) -> Tensor:
         return x.index_select(1, index[0])
     if is_tracing():
         # Rows of the (N * C, H * W) view, gathered whole: onnxruntime copies each row in one go, where a
-        # GatherElements over a broadcast index reads one index per element (measured 1.5-2x slower).
+        # GatherElements over a broadcast index reads one index per element (slower; docs/performance.md).
         rows = index + torch.arange(index.shape[0], device=index.device).unsqueeze(1) * c
         return x.flatten(0, 1)[rows]
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

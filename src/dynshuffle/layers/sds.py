@@ -33,7 +33,7 @@ class StaticDynamicShuffle(nn.Module):
     `mixing_impl`: how the mixing runs: "factored" (two small matrix products; in soft training they are
     shared with the dynamic part) or "dense" (one grouped 1x1 convolution with the Kronecker block
     materialised). "auto" is "factored": it costs fewer multiply-adds, and grouped 1x1 convolutions
-    measured slower than the factored products on CPU (docs/method.md §5, benchmarks/bench_kron_variants.py).
+    measured slower than dense ones on CPU (docs/method.md §5, benchmarks/bench_kron_variants.py).
     The other arguments are those of `DynamicShuffle`.
     """
 

@@ -38,7 +38,7 @@ def recipe(dataset: str, model: str = "shufflenet_v2_x0_5", variant: str = "dyna
     elif dataset == "fashion-mnist":
         # The real benchmark of this machine (docs/method.md §8): 60 000 training and 10 000 test images,
         # 28x28. The "tiny" stem (3x3 conv + max-pool, 28 -> 14) puts the stages at 7, 4 and 2 pixels; on one
-        # core it trains 2.5x faster than the "cifar" stem (no pool) and reached the same top-1 at the same
+        # core it trains faster than the "cifar" stem (no pool) and reached the same top-1 at the same
         # cost (10 epochs against 4, ShuffleNetV1 g = 3 0.5x; docs/method.md §8.1). SGD at batch 128, lr 0.1
         # cosine with half an epoch of warm-up. Augmentation: random crop with 4-pixel zero padding and
         # horizontal flip (BatchTransform).
