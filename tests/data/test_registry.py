@@ -3,7 +3,6 @@ from __future__ import annotations
 
 
 import pytest
-from PIL import Image
 
 from dynshuffle.data.registry import build_datasets, get_dataset_spec, list_datasets
 from dynshuffle.data.spec import DatasetSpec

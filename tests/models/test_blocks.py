@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from dynshuffle.layers import functional as DF
 from dynshuffle.layers.base import shuffle_modules, total_orthogonality_penalty
 from dynshuffle.layers.channel_shuffle import ChannelShuffle
 from dynshuffle.layers.dynamic import DynamicShuffle

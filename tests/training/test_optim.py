@@ -31,3 +31,10 @@ def test_lr_schedules():
     step = LRSchedule("step", total_steps=100, milestones=[50, 75], gamma=0.1)
     assert (step(49), step(50), step(80)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
     assert LRSchedule("constant", 10, warmup_steps=2)(1) == 1.0
+
+
+def test_the_schedule_names_are_one_list():
+    assert LR_SCHEDULES == ("cosine", "linear", "step", "constant")
+    assert [LRSchedule(name, 10)(0) for name in LR_SCHEDULES] == [1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown schedule 'poly' \\(known: cosine, linear, step, constant\\)"):
+        LRSchedule("poly", 10)
