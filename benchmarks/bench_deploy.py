@@ -27,7 +27,7 @@ from torch import nn
 
 
 def _randomize_generators(model: nn.Module, seed: int = 0) -> nn.Module:
-    from dynshuffle.layers import DynamicShuffle
+    from dynshuffle.layers.dynamic import DynamicShuffle
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
