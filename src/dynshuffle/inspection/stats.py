@@ -1,7 +1,7 @@
 """Numbers that say what a trained dynamic shuffle does: `permutation_stats` and the matrices behind it.
 
 Questions a person asks of a trained model, and the statistic that answers each, per shuffle module:
-- Are the soft matrices close to permutations (is the hard path at inference the same function as the
+- Are the soft matrices close to permutations (is the exact path at inference the same function as the
   soft one trained)? `row_max_a`, `row_max_b` (mean largest entry of a row: 1 for a permutation, 1/n
   for a uniform row) and `penalty` (‖AAᵀ − I‖² + ‖BBᵀ − I‖², 0 exactly for permutations).
 - Does the permutation depend on the input at all, or did the module learn one fixed permutation (or

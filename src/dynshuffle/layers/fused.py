@@ -7,6 +7,8 @@ They run in eval mode only. Export (`dynshuffle.deploy.export`) traces the fused
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor, nn
 
@@ -17,7 +19,7 @@ from .generator import FusedShuffleGenerator
 __all__ = ["FusedShuffle", "FusedDynamicShuffle", "FusedLearnedShuffle", "fuse_for_inference"]
 
 
-class FusedShuffle(nn.Module):
+class FusedShuffle(nn.Module, metaclass=abc.ABCMeta):
     """Base of the fused shuffle modules: `exact_index(x)` gives the `(N|1, C)` permutation index, and the
     forward is one gather with it. Built by `ShuffleModule.fused()`; it cannot train."""
 
@@ -25,8 +27,9 @@ class FusedShuffle(nn.Module):
         super().__init__()
         self.channels, self.groups = channels, groups
 
+    @abc.abstractmethod
     def exact_index(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The exact permutation index `(N|1, C)` for `x`."""
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.channels, type(self).__name__)
