@@ -27,7 +27,7 @@ from torch import nn
 
 
 def _randomize_generators(model: nn.Module, seed: int = 0) -> nn.Module:
-    from dynshuffle.layers import DynamicShuffle
+    from dynshuffle.layers.dynamic import DynamicShuffle
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -51,8 +51,8 @@ def build_pair(width: float) -> tuple[nn.Module, nn.Module]:
 def onnx_rows(fixed: nn.Module, dynamic: nn.Module, repeats: int, threads: int) -> list[dict]:
     import onnx
 
-    from dynshuffle.export import ort_session, export_onnx
-    from dynshuffle.timing import time_pair
+    from dynshuffle.deploy.export import ort_session, export_onnx
+    from dynshuffle.profiling.timing import time_pair
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def onnx_rows(fixed: nn.Module, dynamic: nn.Module, repeats: int, threads: int) 
 
 def eager_rows(fixed: nn.Module, dynamic: nn.Module, repeats: int) -> list[dict]:
     from dynshuffle import fuse_for_inference
-    from dynshuffle.timing import time_interleaved
+    from dynshuffle.profiling.timing import time_interleaved
 
     fused = fuse_for_inference(copy.deepcopy(dynamic))
     rows = []
@@ -93,7 +93,7 @@ def layer_rows(repeats: int) -> list[dict]:
     """Hard DynamicShuffle (as trained, and fused) / nn.ChannelShuffle at ShuffleNetV2 1.0x's ImageNet
     stage shapes, batch 64, with every permutation depending on the input."""
     from dynshuffle import DynamicShuffle, fuse_for_inference
-    from dynshuffle.timing import time_interleaved
+    from dynshuffle.profiling.timing import time_interleaved
 
     rows = []
     for channels, size in ((116, 28), (232, 14), (464, 7)):
@@ -113,7 +113,7 @@ def layer_rows(repeats: int) -> list[dict]:
 
 
 def compiled_rows(fixed: nn.Module, dynamic: nn.Module, repeats: int) -> list[dict]:
-    from dynshuffle.timing import time_interleaved
+    from dynshuffle.profiling.timing import time_interleaved
 
     rows = []
     x = torch.randn(8, 3, 32, 32)

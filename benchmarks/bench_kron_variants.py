@@ -1,6 +1,6 @@
 """Formulation alternatives of the Kronecker apply and the module paths, each against a 1x1 convolution.
 
-Used to choose the implementation in dynshuffle.functional.kron_shuffle; run on CPU with 2 threads.
+Used to choose the implementation in dynshuffle.layers.functional.kron_shuffle; run on CPU with 2 threads.
 """
 import argparse
 
@@ -10,8 +10,9 @@ if __name__ == "__main__":  # --help prints this and exits before anything is ti
 
 import torch, sys, time, statistics
 import torch.nn.functional as F
-from dynshuffle import DynamicShuffle, StaticDynamicShuffle, set_shuffle_mode, functional as DF
-from dynshuffle.benchmark import time_pair
+from dynshuffle import DynamicShuffle, StaticDynamicShuffle, set_shuffle_mode
+from dynshuffle.layers import functional as DF
+from dynshuffle.profiling.timing import time_pair
 torch.manual_seed(0)
 dev = torch.device("cpu")
 
@@ -79,9 +80,9 @@ for C, S, N in [(116, 28, 64), (232, 14, 64), (464, 7, 64)]:
         cand, base = time_pair(st, conv_step, dev, repeats=5); report("module " + mode, cand, base)
     m = DynamicShuffle(C, 2).eval(); sh = torch.nn.ChannelShuffle(2)
     with torch.no_grad():
-        cand, base = time_pair(lambda: m(x), lambda: sh(x), dev, repeats=5); report("module hard vs shuffle", cand, base)
+        cand, base = time_pair(lambda: m(x), lambda: sh(x), dev, repeats=5); report("module exact vs shuffle", cand, base)
     for impl in ("dense", "factored"):
-        sds = StaticDynamicShuffle(C, 2, static_impl=impl)
+        sds = StaticDynamicShuffle(C, 2, mixing_impl=impl)
         sds.eval()
         with torch.no_grad():
             cand, base = time_pair(lambda: sds(x), lambda: conv(x), dev, repeats=5); report("sds eval " + impl, cand, base)

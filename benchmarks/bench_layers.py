@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-from dynshuffle.benchmark import format_rows, run_layer_benchmark
+from dynshuffle.profiling.benchmark import format_rows, run_layer_benchmark
 from dynshuffle.utils import atomic_write_text
 
 

@@ -4,9 +4,9 @@ One run prints one table. For every model setup (default: ShuffleNetV2 0.5x and 
 at 32x32, 1.0x with the ImageNet stem at 224x224) and every variant (static / learned / dynamic / sds):
 
 - eval latency at batch 1 and 64 (eval mode, torch.no_grad: the dynamic shuffle is a gather),
-- one training step at batch 64 (forward, cross-entropy + orthogonality loss, backward, SGD step),
+- one training step at batch 64 (forward, cross-entropy + orthogonality penalty, backward, SGD step),
 - peak memory of a training step (CUDA: the allocator's peak; CPU: the activations saved for backward,
-  `dynshuffle.profiling.peak_activation_bytes`).
+  `dynshuffle.profiling.counting.peak_activation_bytes`).
 
 Each timing is the median of several repeats after warm-up, with the variants interleaved inside every
 repeat (so a slow phase of a shared machine hits all variants alike); ratios are to the first variant
@@ -14,7 +14,7 @@ repeat (so a slow phase of a shared machine hits all variants alike); ratios are
 
     python benchmarks/bench_models.py [--device cuda] [--quick] [--json OUT] [--threads N] [--compile]
 
-The measuring function is `dynshuffle.profiling.run_model_benchmark(...) -> list[dict]` (and
+The measuring function is `dynshuffle.profiling.benchmark.run_model_benchmark(...) -> list[dict]` (and
 `format_model_rows`), so other commands reuse it without this script.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from dynshuffle.profiling import MODEL_BENCH_VARIANTS, format_model_rows, run_model_benchmark
+from dynshuffle.profiling.benchmark import MODEL_BENCH_VARIANTS, format_model_rows, run_model_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:

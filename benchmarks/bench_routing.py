@@ -1,14 +1,15 @@
-"""Routing benchmark: can a shuffle layer learn a per-input permutation? (see `dynshuffle.routing`)
+"""Routing benchmark: can a shuffle layer learn a per-input permutation? (see `dynshuffle.profiling.routing`)
 
-For every (C, G) size and seed: train `DynamicShuffle(C, G)` with its defaults and `ShuffleSchedule`'s
-defaults (plain Adam, lr 3e-3, batch 64, 3000 steps) on K = 8 target permutations from its own family,
+For every (C, G) size and seed: train `DynamicShuffle(C, G)` with its defaults and the routing schedule
+(`ROUTING_SCHEDULE`: half of the steps penalty-free, then ShuffleSchedule's defaults; plain Adam, lr 3e-3,
+batch 64, 3000 steps) on K = 8 target permutations from its own family,
 then report exact recovery, channel accuracy and distinct permutations, mean ± std over seeds. The
 input-independent controls (`ChannelShuffle`, `LearnedShuffle`) run on the same tasks; they are capped at
 about 1/K.
 
-    python benchmarks/bench_routing.py                      # the issue's sizes, 3 seeds, 2 workers
+    python benchmarks/bench_routing.py                      # docs/method.md §7.1's sizes, 3 seeds, 2 workers
     python benchmarks/bench_routing.py --sizes 48x2 --seeds 1 --steps 1000
-    python benchmarks/bench_routing.py --schedule '{"lambda_": 1.0, "explore_fraction": 0.0}'  # an ablation
+    python benchmarks/bench_routing.py --schedule '{"lambda_": 1.0, "penalty_free_fraction": 0.0}'  # an ablation
 
 Each worker process runs one job at a time with one thread.
 """
@@ -27,7 +28,7 @@ def run_job(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from dynshuffle import ChannelShuffle, DynamicShuffle, LearnedShuffle
-    from dynshuffle.routing import run_routing
+    from dynshuffle.profiling.routing import run_routing
 
     torch.manual_seed(job["seed"])
     c, g = job["channels"], job["groups"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dynshuffle.training.config import Config
 from dynshuffle.training.recipes import recipe
+from dynshuffle.utils import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "imagenet")
@@ -54,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file() or path.read_text() != text:
                 stale.append(name)
         elif not path.is_file() or path.read_text() != text:
-            from dynshuffle.utils import atomic_write_text
-
             atomic_write_text(path, text)
     if stale:
         print(f"stale or missing (run python configs/generate.py): {', '.join(stale)}", file=sys.stderr)

@@ -1,11 +1,12 @@
-"""Atomic writes: all or nothing, readable permissions, a failed write that names its file."""
+"""dynshuffle.utils: atomic writes (all or nothing, readable permissions, a failed write that names its file)
+and CSV tables."""
 import errno
 import os
 import stat
 
 import pytest
 
-from dynshuffle.utils import atomic_open, atomic_path, atomic_write_text
+from dynshuffle.utils import atomic_open, atomic_path, atomic_write_text, read_csv, write_csv
 
 
 def test_atomic_write_replaces_whole_file_with_plain_permissions(tmp_path):
@@ -50,3 +51,15 @@ def test_a_full_disk_names_the_file_and_leaves_no_temp(tmp_path):
         with atomic_path(target):
             missing.read_bytes()
     assert err.value.filename == str(missing)
+
+
+def test_csv_tables_round_trip_with_empty_cells(tmp_path):
+    rows = [{"epoch": 1, "loss": 0.123456789, "mode": "soft", "note": None}, {"epoch": 2, "loss": float("nan")}]
+    write_csv(tmp_path / "log.csv", rows, ["epoch", "loss", "mode", "note"])
+    assert (tmp_path / "log.csv").read_text() == "epoch,loss,mode,note\n1,0.123457,soft,\n2,nan,,\n"
+    header, read = read_csv(tmp_path / "log.csv")
+    assert header == ["epoch", "loss", "mode", "note"]
+    assert read == [{"epoch": "1", "loss": "0.123457", "mode": "soft", "note": ""},
+                    {"epoch": "2", "loss": "nan", "mode": "", "note": ""}]
+    write_csv(tmp_path / "empty.csv", [], ["epoch"])
+    assert read_csv(tmp_path / "empty.csv") == (["epoch"], [])

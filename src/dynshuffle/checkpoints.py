@@ -2,8 +2,6 @@
 compatibility rules for loading a state dict into a model (`state_dict_mismatch`,
 `load_compatible_state_dict`: a fixed-shuffle checkpoint upgraded to a learned or dynamic model).
 
-This is the one home of checkpoint handling; `dynshuffle.training.checkpoint` re-exports it.
-
 A checkpoint named `last` is two files in the run folder:
 
 * `last.safetensors`: the model's state_dict (contiguous CPU clones, so tied tensors save fine), with
@@ -34,7 +32,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from .layers.sds import named_shuffle_layers
+from .models.registry import model_from_config
 from .utils import atomic_open, atomic_write_bytes, flush_to_disk
+
+__all__ = ["CheckpointError", "save_weights", "save_checkpoint", "load_weights", "load_state", "load_checkpoint",
+           "load_model_weights", "build_model_from_checkpoint", "state_dict_mismatch", "load_compatible_state_dict",
+           "upgrade_state_dict", "upgrade_model_config", "RENAMED_TENSORS", "RENAMED_LAYER_OPTIONS"]
+
+# Names that changed after checkpoints were written with the old ones. A file is read under the new names
+# (its format is kept, not an old Python name): the last component of a tensor's key, and the layer options
+# in the `model_config` metadata. A StaticDynamicShuffle's learned mixing was called its "static" part.
+RENAMED_TENSORS = {"static_u": "mixing_u", "static_v": "mixing_v"}
+RENAMED_LAYER_OPTIONS = {"confidence": "initial_confidence"}
 
 
 class CheckpointError(ValueError):
@@ -70,9 +83,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
 
 
 def _safetensors_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
-    from safetensors.torch import save
-
-    return save(cpu_state_dict(model), metadata=metadata)
+    return safetensors_save(cpu_state_dict(model), metadata=metadata)
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -143,9 +154,8 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, metadata) of a safetensors checkpoint; metadata JSON values decoded."""
-    from safetensors import safe_open
-
+    """(state_dict, metadata) of a safetensors checkpoint; metadata JSON values decoded, renamed tensors and
+    layer options under their current names (RENAMED_TENSORS, RENAMED_LAYER_OPTIONS)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"not found: {path}")
@@ -163,7 +173,30 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             decoded[k] = json.loads(v) if k in ("model_config", "config") else v
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: metadata {k!r} is not valid JSON") from None
-    return tensors, decoded
+    if isinstance(decoded.get("model_config"), dict):
+        decoded["model_config"] = upgrade_model_config(decoded["model_config"])
+    return upgrade_state_dict(tensors), decoded
+
+
+def upgrade_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the tensors of RENAMED_TENSORS under their current names (other keys unchanged)."""
+    out = {}
+    for key, value in state.items():
+        head, dot, last = key.rpartition(".")
+        out[head + dot + RENAMED_TENSORS[last] if last in RENAMED_TENSORS else key] = value
+    return out
+
+
+def upgrade_model_config(config: dict) -> dict:
+    """A saved `model_config` under current names: renamed layer options, `factors` as a tuple (JSON wrote a
+    list)."""
+    config = dict(config)
+    options = config.get("layer_options")
+    if isinstance(options, dict):
+        config["layer_options"] = {RENAMED_LAYER_OPTIONS.get(k, k): v for k, v in options.items()}
+    if isinstance(config.get("factors"), list):
+        config["factors"] = tuple(config["factors"])
+    return config
 
 
 def load_state(path: str | Path) -> dict:
@@ -212,10 +245,6 @@ def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "
     model_cfg = meta.get("model_config")
     if not model_cfg:
         raise CheckpointError(f"{weights_path}: no model_config in the metadata; cannot rebuild the model")
-    from .models.registry import model_from_config
-
-    if isinstance(model_cfg.get("factors"), list):  # JSON turned the tuple into a list
-        model_cfg = {**model_cfg, "factors": tuple(model_cfg["factors"])}
     model = model_from_config(model_cfg)
     load_model_weights(model, tensors, weights_path)
     return model.to(device).eval(), meta
@@ -223,24 +252,22 @@ def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "
 
 # ------------------------------------------------------------------------------------- compatibility
 
-def shuffle_module_prefixes(model: nn.Module) -> list[str]:
-    """`name.` of every DynamicShuffle / LearnedShuffle / StaticDynamicShuffle in `model`."""
-    from .layers import DynamicShuffle, LearnedShuffle, StaticDynamicShuffle
-
-    kinds = (DynamicShuffle, LearnedShuffle, StaticDynamicShuffle)
-    return [name + "." for name, m in model.named_modules() if name and isinstance(m, kinds)]
+def shuffle_layer_prefixes(model: nn.Module) -> list[str]:
+    """`name.` of every shuffle layer of `model` (`layers.sds.named_shuffle_layers`: the shuffle modules and
+    the StaticDynamicShuffle layers)."""
+    return [name + "." for name, _ in named_shuffle_layers(model) if name]
 
 
 def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], allow_missing_shuffle: bool = False) -> str:
     """Why `state` does not fit `model` (missing / unexpected keys, shape mismatches), or "" when it fits.
 
-    `allow_missing_shuffle`: tensors under a DynamicShuffle / LearnedShuffle / StaticDynamicShuffle may be
-    absent (a fixed-shuffle checkpoint loaded into a dynamic model).
+    `allow_missing_shuffle`: tensors under a shuffle layer (a DynamicShuffle, LearnedShuffle or
+    StaticDynamicShuffle) may be absent (a fixed-shuffle checkpoint loaded into a dynamic model).
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if allow_missing_shuffle:
-        prefixes = tuple(shuffle_module_prefixes(model))
+        prefixes = tuple(shuffle_layer_prefixes(model))
         missing = [k for k in missing if not k.startswith(prefixes)]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -264,9 +291,10 @@ def load_compatible_state_dict(model: nn.Module, state_dict: Mapping[str, torch.
     the tensors under a DynamicShuffle / LearnedShuffle / StaticDynamicShuffle (generator, logits,
     static factors) may be absent and then keep their fresh initialisation, which makes the module
     start as the fixed shuffle. Any other missing key, any unexpected key, or a shape mismatch raises
-    ValueError naming the keys. A `module.` prefix (DataParallel/DDP) on every key is removed.
+    ValueError naming the keys. A `module.` prefix (DataParallel/DDP) on every key is removed, and tensors
+    saved under an earlier name are read under the current one (RENAMED_TENSORS).
     """
-    state = dict(state_dict)
+    state = upgrade_state_dict(state_dict)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     problems = state_dict_mismatch(model, state, allow_missing_shuffle=True)

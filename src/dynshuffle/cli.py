@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS = {
     "train": "train a model from a YAML recipe",
@@ -39,8 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("dynshuffle")
     except PackageNotFoundError:  # a source tree on sys.path, not installed

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes (a crash or a full disk never leaves a half-written file behind).
+"""Small shared helpers: atomic file writes (a crash or a full disk never leaves a half-written file behind)
+and CSV tables of dict rows (a run's log.csv is one).
 
 A failed write, flush or fsync (ENOSPC, EIO, EFBIG: the OS names no file for these) is re-raised as the same
 OSError with the target path as its filename, so the one-line message says which file could not be written.
@@ -6,6 +7,9 @@ OSError with the target path as its filename, so the one-line message says which
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -93,3 +97,30 @@ def _discard(tmp: str, err: BaseException, path: Path) -> None:
         named = _named(err, path)
         if named is not err:
             raise named from None
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    """Write `rows` (dicts; missing keys and None as empty cells, floats to 6 significant digits) under the
+    header `columns`, atomically: the whole table each time."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
+    """(header, rows) of a CSV file with a header line; every cell a string."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out, args.force)
     device = _device(args.device)
 
-    from dynshuffle import benchmark as B
+    from dynshuffle.profiling import benchmark as B
     from dynshuffle.utils import atomic_write_text
 
     variants = [("eager", False)] + ([("torch.compile", True)] if args.compile else [])

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         import os
 
-        from dynshuffle.data import list_datasets
+        from dynshuffle.data.registry import list_datasets
 
         if not os.path.exists(args.data) and args.data in list_datasets():
             raise ValueError(f"--data is the dataset root folder (as in train and eval); to choose the dataset "

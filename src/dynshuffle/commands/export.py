@@ -25,8 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynshuffle.export import check_out_path, benchmark_onnx, data_metadata, export_onnx_report
-    from dynshuffle.training.checkpoint import build_model_from_checkpoint
+    from dynshuffle.checkpoints import build_model_from_checkpoint
+    from dynshuffle.deploy.export import benchmark_onnx, check_out_path, data_metadata, export_onnx_report
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")

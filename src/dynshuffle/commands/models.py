@@ -11,7 +11,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynshuffle.models import list_models
+    from dynshuffle.models.registry import list_models
 
     names = list_models(args.pattern)
     if not names:

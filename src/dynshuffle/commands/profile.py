@@ -27,8 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from dynshuffle.models import STEM_INPUT_SIZE
-    from dynshuffle.profiling import format_table, profile_rows
+    from dynshuffle.models.blocks import STEM_INPUT_SIZE
+    from dynshuffle.profiling.formatting import format_table
+    from dynshuffle.profiling.reporting import profile_rows
     from dynshuffle.utils import atomic_write_text
 
     common = {"stem": args.stem,

@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _dataset_and_root(args, meta: dict) -> tuple[str, str | None]:
     """--dataset names the data; --data is its root, or (when it is no existing path) a dataset name."""
-    from dynshuffle.data import list_datasets
+    from dynshuffle.data.registry import list_datasets
 
     data_cfg = (meta.get("config") or {}).get("data", {}) or {}
     name, root = args.dataset, args.data
@@ -63,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from dynshuffle.data import BatchTransform, build_datasets, get_dataset_spec
-    from dynshuffle.inspection import require_layers
-    from dynshuffle.plots import render_report
-    from dynshuffle.training.checkpoint import build_model_from_checkpoint
+    from dynshuffle.checkpoints import build_model_from_checkpoint
+    from dynshuffle.data.registry import build_datasets, get_dataset_spec
+    from dynshuffle.data.transforms import BatchTransform
+    from dynshuffle.inspection.plots import render_report
+    from dynshuffle.inspection.stats import require_layers
     from dynshuffle.training.distributed import resolve_device
 
     device = resolve_device(args.device)

@@ -22,8 +22,8 @@ CLASSES = [str(d) for d in range(10)]
 @functools.lru_cache(maxsize=1)
 def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode and split once per process; loading scikit-learn and resizing costs more than copying."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # scikit-learn takes a second to import: only for the digits
+    from sklearn.model_selection import train_test_split  # (the same)
 
     digits = load_digits()
     pixels = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)

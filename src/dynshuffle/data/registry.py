@@ -12,7 +12,7 @@ from .fashion_mnist import load_fashion_mnist
 from .folders import load_imagenet, load_tiny_imagenet
 from .spec import DatasetSpec
 
-__all__ = ["DatasetSpec", "list_datasets", "get_dataset_spec", "build_datasets"]
+__all__ = ["list_datasets", "get_dataset_spec", "build_datasets"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,12 +21,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Loader = Callable[[DatasetSpec, str | os.PathLike | None, bool], tuple[Dataset, Dataset]]
 
 _REGISTRY: dict[str, tuple[DatasetSpec, Loader]] = {
-    # Digits mean/std: measured on the training split (tests/test_data.py checks them).
+    # Digits mean/std: those of the training split (tests/data/test_digits.py checks them).
     "digits": (
         DatasetSpec("digits", 10, 32, "cifar", (0.3054,) * 3, (0.3237,) * 3),
         lambda spec, root, download: load_digits_splits(),
     ),
-    # Fashion-MNIST mean/std: measured on the 60 000 training images (tests/test_data.py checks them).
+    # Fashion-MNIST mean/std: those of the 60 000 training images (tests/data/test_fashion_mnist.py checks them).
     "fashion-mnist": (
         DatasetSpec("fashion-mnist", 10, 28, "cifar", (0.2860,) * 3, (0.3530,) * 3),
         lambda spec, root, download: load_fashion_mnist(root, download),

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+__all__ = ["register_model", "list_models", "create_model", "model_from_config"]
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -78,11 +80,3 @@ def model_from_config(config: Mapping[str, Any]) -> nn.Module:
     kwargs = {k: v for k, v in config.items() if k not in ("name", "arch")}
     return create_model(config["name"], **kwargs)
 
-
-def __getattr__(name: str):
-    # Checkpoint compatibility lives in dynshuffle.checkpoints; the old names still resolve here.
-    if name in ("state_dict_mismatch", "load_compatible_state_dict"):
-        from .. import checkpoints
-
-        return getattr(checkpoints, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._blocks import (
+from .blocks import (
     ShuffleNetBase,
     ShuffleOptions,
     check_choice,
@@ -183,8 +183,6 @@ class ShuffleNetV1(ShuffleNetBase):
         _check_v1_channels(groups, width)
         check_num_classes(num_classes)
         check_choice("stem", stem, STEMS)
-        check_choice("shuffle", shuffle, ("static", "learned", "dynamic", "none"))
-        check_choice("pointwise", pointwise, ("conv", "sds"))
         if pointwise == "sds" and shuffle != "static":
             raise ValueError(f"ShuffleNetV1 with pointwise='sds' puts the static-dynamic shuffle in the channel "
                              f"shuffle's slot, so it cannot be combined with shuffle={shuffle!r}; use "

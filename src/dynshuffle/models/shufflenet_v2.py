@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._blocks import (
+from .blocks import (
     ShuffleNetBase,
     ShuffleOptions,
     check_choice,

@@ -14,14 +14,27 @@ import csv
 import importlib.util
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import torch
+import yaml
+
+from dynshuffle.checkpoints import build_model_from_checkpoint
+from dynshuffle.data.loaders import ShardSampler, make_loader
+from dynshuffle.data.registry import build_datasets, get_dataset_spec
+from dynshuffle.data.transforms import BatchTransform
+from dynshuffle.inspection.plots import plot_accuracy_vs_macs
+from dynshuffle.layers.dynamic import DynamicShuffle
 from dynshuffle.utils import atomic_write_text
 
 from .config import Config, apply_overrides
+from .evaluate import dynamic_dependence, first_images, measure_latency, profile_row
+from .loop import build_model, train
 from .recipes import VARIANTS, recipe
 
 DEFAULT_VARIANTS = ("static", "learned", "dynamic", "sds")
@@ -77,16 +90,11 @@ def _recipe_key(cfg_dict: dict) -> dict:
 # ---- one run (in a worker process or in this one) -------------------------------------------------------------
 
 def _init_worker() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
 def _run_job(job: dict) -> dict:
     """Train one (variant, seed) run, or resume an interrupted one; write and return its result.json."""
-    from .evaluate import dynamic_dependence
-    from .loop import train
-
     cfg = Config.from_dict(job["config"])
     variant, seed, epochs = job["variant"], job["seed"], cfg.train.epochs
     verbose = job["verbose"]
@@ -102,8 +110,6 @@ def _run_job(job: dict) -> dict:
     model = result["model"].eval()
     dependence = None
     if any(True for _ in _dynamic_modules(model)):
-        from dynshuffle.data import build_datasets, get_dataset_spec
-
         spec = get_dataset_spec(cfg.data.name)
         _, val_set = build_datasets(cfg.data.name, root=cfg.data.root)
         images = _first_val_images(val_set, spec, DEPENDENCE_IMAGES, next(model.parameters()).device)
@@ -115,19 +121,10 @@ def _run_job(job: dict) -> dict:
 
 
 def _dynamic_modules(model):
-    from dynshuffle.layers import DynamicShuffle
-
     return (m for m in model.modules() if isinstance(m, DynamicShuffle))
 
 
 def _first_val_images(dataset, spec, count: int, device):
-    import torch
-
-    from dynshuffle.data import BatchTransform
-    from dynshuffle.data.loaders import ShardSampler, make_loader
-
-    from .evaluate import first_images
-
     loader = make_loader(dataset, 256, ShardSampler(len(dataset)), 0, torch.device(device))
     return first_images(loader, BatchTransform(spec, train=False).to(device), device, count)
 
@@ -151,8 +148,6 @@ def _plan(jobs: list[dict], out: Path, overwrite: bool) -> tuple[list[dict], dic
             else:
                 changed.append(str(run_dir))
         elif (run_dir / "last.state.pt").is_file():  # interrupted: continue it if its recipe is the same
-            import yaml
-
             saved = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
             if _recipe_key(saved or {}) == _recipe_key(job["config"]):
                 job["resume"] = True
@@ -180,9 +175,6 @@ def _run_jobs(todo: list[dict], workers: int, verbose: bool) -> list[dict]:
     """Run the jobs: in this process for one worker, else in `workers` spawned processes of one thread each."""
     if workers <= 1:
         return [_run_job(job) for job in todo]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch at import (spawned processes inherit it)
     try:
@@ -224,9 +216,6 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     apply_overrides(base, list(overrides))
     out = Path(out)
     _check_out(out, overwrite)
-
-    from dynshuffle.data import get_dataset_spec
-
     spec = get_dataset_spec(dataset)
     jobs = _jobs(base, variants, seed_list, out, verbose)
     todo, done = _plan(jobs, out, overwrite)
@@ -253,8 +242,6 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     atomic_write_text(out / "compare.csv", format_csv(rows))
     written = [out / "compare.md", out / "compare.csv"]
     if importlib.util.find_spec("matplotlib") is not None:  # optional (the viz extra)
-        from dynshuffle.plots import plot_accuracy_vs_macs
-
         written.append(plot_accuracy_vs_macs(
             rows, out / "compare.png", f"{model} on {dataset}, {base.train.epochs} epochs, seeds "
                                        f"{', '.join(map(str, seed_list))}"))
@@ -280,8 +267,6 @@ def _jobs(base: Config, variants: list[str], seed_list: list[int], out: Path, ve
 
 
 def _announce(todo: list, done: dict, workers: int) -> None:
-    import torch
-
     for key in done:
         print(f"compare: {key[0]} seed {key[1]}: finished earlier with this recipe ({RESULT}), kept", flush=True)
     if todo:
@@ -293,8 +278,6 @@ def _announce(todo: list, done: dict, workers: int) -> None:
 def _variant_row(variant: str, results: list[dict], first_run: str, model: str, image_size: int, epochs: int,
                  latency_runs: int) -> dict:
     """One table row: profile and latency of the first seed's model, accuracy and dependence over seeds."""
-    from .evaluate import measure_latency, profile_row
-
     finals = [r["final"] for r in results]
     trained = _table_model(Path(first_run), results[0]["recipe"]).eval()
     prof = profile_row(trained, image_size)
@@ -317,13 +300,8 @@ def _table_model(run_dir: Path, recipe_dict: dict):
     """The model the table profiles and times: the run's trained weights, or, when the run folder keeps only
     its result.json (results committed without their checkpoints), the same architecture built from the
     recipe. Parameters, multiply-adds and the operations timed do not depend on the weights' values."""
-    from .checkpoint import build_model_from_checkpoint
-    from .loop import build_model
-
     if (run_dir / "last.safetensors").is_file():
         return build_model_from_checkpoint(run_dir, "cpu")[0]
-    from dynshuffle.data import get_dataset_spec
-
     cfg = Config.from_dict(recipe_dict)
     spec = get_dataset_spec(cfg.data.name)
     return build_model(cfg, spec.num_classes, spec.stem)

@@ -127,11 +127,3 @@ def all_gather_object(obj, ctx: DistContext) -> list:
     out = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, ctx: DistContext, src: int = 0):
-    if not ctx.distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]

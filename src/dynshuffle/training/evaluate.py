@@ -13,7 +13,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dynshuffle.checkpoints import build_model_from_checkpoint
 from dynshuffle.data.loaders import ShardSampler, make_loader
+from dynshuffle.data.registry import build_datasets, get_dataset_spec
+from dynshuffle.data.transforms import BatchTransform
+from dynshuffle.inspection.stats import permutation_stats
+from dynshuffle.layers.base import has_shuffle_modules, shuffle_modules
+from dynshuffle.layers.dynamic import DynamicShuffle
+from dynshuffle.layers.modes import deploy_mode, shuffle_mode
+from dynshuffle.profiling.counting import count_macs, count_params
+from dynshuffle.profiling.timing import median_time
 
 from . import distributed as D
 
@@ -23,12 +32,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def has_shuffle_modes(model: nn.Module) -> bool:
-    from dynshuffle.layers import shuffle_modules
-
-    return next(iter(shuffle_modules(model)), None) is not None
 
 
 def progress_enabled(setting: bool | None, ctx: D.DistContext | None = None) -> bool:
@@ -84,22 +87,13 @@ def evaluate_modes(model: nn.Module, loader: DataLoader, transform, device: torc
     """{"hard": metrics, "soft": metrics or None}: the exact permutation (what a deployed model computes)
     and, for models with learned/dynamic shuffles, the soft matrices (the train/inference gap check).
     Fixed-shuffle models are evaluated once ("hard") and get "soft": None. Every module's mode is restored."""
-    from dynshuffle.layers import set_shuffle_mode, shuffle_modules
-
-    if not has_shuffle_modes(model):
+    if not has_shuffle_modules(model):
         return {"hard": evaluate(model, loader, transform, device, **kwargs), "soft": None}
-    modules = list(shuffle_modules(model))
-    modes = [m.mode for m in modules]
-    try:
-        set_shuffle_mode(model, "hard")
-        hard = evaluate(model, loader, transform, device, desc="eval hard", **kwargs)
-        result = {"hard": hard, "soft": None}
-        if soft:
-            set_shuffle_mode(model, "soft")
+    with shuffle_mode(model, "frozen"):
+        result = {"hard": evaluate(model, loader, transform, device, desc="eval hard", **kwargs), "soft": None}
+    if soft:
+        with shuffle_mode(model, "soft"):
             result["soft"] = evaluate(model, loader, transform, device, desc="eval soft", **kwargs)
-    finally:
-        for m, mode in zip(modules, modes):
-            m.mode = mode
     return result
 
 
@@ -124,20 +118,9 @@ def dynamic_dependence(model: nn.Module, images: torch.Tensor, threshold: float 
     least `threshold` of the samples are off the layer's most common permutation, "distinct_median": median over
     the dynamic layers of the number of distinct permutations, "layers": number of dynamic layers}.
     """
-    from dynshuffle.inspection import permutation_stats, shuffle_layers
-    from dynshuffle.layers import DynamicShuffle
-
-    if not any(isinstance(m, DynamicShuffle) for m in shuffle_layers(model).values()):
+    if not any(isinstance(m, DynamicShuffle) for m in shuffle_modules(model)):
         return None
-    # permutation_stats calls the modules outside its own eval context: eval mode here keeps BatchNorm
-    # running statistics untouched (a model in training mode would otherwise update them).
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            stats = permutation_stats(model, images, keep_permutations=True)
-    finally:
-        model.train(was_training)
+    stats = permutation_stats(model, images, keep_permutations=True)  # read-only, in any train/eval mode
     dependent, distinct = 0, []
     for s in stats.values():
         if s["kind"] != "dynamic":
@@ -152,23 +135,16 @@ def dynamic_dependence(model: nn.Module, images: torch.Tensor, threshold: float 
 @torch.inference_mode()
 def measure_latency(model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "cpu",
                     warmup: int = 10, runs: int = 50) -> float:
-    """Median wall time (ms) of one eval-mode forward of a batch of `input_size` (e.g. (1, 3, 32, 32))."""
-    from dynshuffle.timing import median_time
-
+    """Median wall time (ms) of one forward of the deployed model (`deploy_mode`: eval, exact permutations) on a
+    batch of `input_size` (e.g. (1, 3, 32, 32)); the model is left as it was."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     x = torch.randn(*input_size, device=device)
-    try:
+    with deploy_mode(model):
         return 1000.0 * median_time(lambda: model(x), device, warmup, runs)
-    finally:
-        model.train(was_training)
 
 
 def profile_row(model: nn.Module, image_size: int) -> dict:
-    """{"params", "macs"} of `model` for one (3, image_size, image_size) image (see dynshuffle.profiling)."""
-    from dynshuffle.profiling import count_macs, count_params
-
+    """{"params", "macs"} of `model` for one (3, image_size, image_size) image (see profiling.counting)."""
     shape = (3, image_size, image_size)
     return {"params": int(count_params(model)), "macs": int(count_macs(model, shape))}
 
@@ -180,10 +156,6 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, data_root:
 
     Returns {"checkpoint", "dataset", "split", "epoch", "hard": {...}, "soft": {...} or None, "params", "macs"}.
     """
-    from dynshuffle.data import BatchTransform, build_datasets, get_dataset_spec
-
-    from .checkpoint import build_model_from_checkpoint
-
     if split not in ("val", "train"):
         raise ValueError(f"--split must be 'val' or 'train', got {split!r}")
     dev = D.resolve_device(device)

@@ -1,12 +1,8 @@
-"""Run logs: `log.csv` (one row per epoch, rewritten atomically) and optional TensorBoard events."""
+"""Run logs: the columns of `log.csv` (one row per epoch, rewritten atomically with `utils.write_csv`) and
+optional TensorBoard events."""
 from __future__ import annotations
 
-import csv
-import io
-import math
 from pathlib import Path
-
-from dynshuffle.utils import atomic_write_text
 
 # Columns of log.csv, in order. `val_top1` is the deployable figure: the exact (hard) permutation;
 # the `_soft` columns evaluate the same weights with the soft matrices (empty for fixed-shuffle models).
@@ -21,29 +17,6 @@ COLUMNS = [
 # skipped_corrupt: training images replaced because they did not decode (data.skip_corrupt; empty when it is off).
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def write_csv(path: str | Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
-    """Write all `rows` at once (atomically): a resumed run rewrites the history it checkpointed."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_fmt(row.get(c)) for c in columns])
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 class TensorBoard:
     """Scalars to `<run>/tb` when `torch.utils.tensorboard` imports; silently nothing otherwise."""
 
@@ -52,7 +25,7 @@ class TensorBoard:
         if not enabled:
             return
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
         except Exception:  # tensorboard is an optional dependency
             return
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)

@@ -2,10 +2,10 @@
 `train_one_epoch` and `evaluate_and_save`.
 
 One process (`dynshuffle train ...`) or many under torchrun (`torchrun --nproc_per_node=8 -m dynshuffle.cli
-train ...`): the same code. Per epoch: pick the shuffle mode of the binarization schedule (soft, then
-straight-through for the last `shuffle.ste_fraction` of the epochs), train with
-cross-entropy + lambda * orthogonality penalty, evaluate with the exact permutation and with the soft
-matrices, write log.csv, save `best` and `last` checkpoints (rank 0 only).
+train ...`): the same code. Per step, `ShuffleSchedule` sets the shuffle modes (soft, then straight-through
+for the last `shuffle.ste_fraction` of the steps) and the loss is cross-entropy + the schedule's term
+(lambda(step) x orthogonality penalties − diversity rewards); per epoch: evaluate with the exact
+permutation and with the soft matrices, write log.csv, save `best` and `last` checkpoints (rank 0 only).
 
 Faults (docs/training.md, "Faults"): `resume="auto"` continues whatever the run folder holds, so one command
 line survives `torchrun --max-restarts`; every process's RNG streams are checkpointed, so a restarted job
@@ -31,15 +31,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from . import checkpoint as ckpt
+from dynshuffle import checkpoints as ckpt
+from dynshuffle.data.loaders import ShardSampler, make_loader
+from dynshuffle.data.registry import build_datasets, get_dataset_spec
+from dynshuffle.data.transforms import BatchTransform
+from dynshuffle.layers.base import has_shuffle_modules
+from dynshuffle.layers.schedule import ShuffleSchedule
+from dynshuffle.models.blocks import LAYER_OPTIONS
+from dynshuffle.models.registry import create_model
+from dynshuffle.utils import write_csv
+
 from . import distributed as D
 from . import faults
-from dynshuffle.data.loaders import ShardSampler, make_loader
-
-from .config import Config, save_config
-from .evaluate import (autocast, dynamic_dependence, evaluate_modes, first_images, has_shuffle_modes,
-                       progress_enabled)
-from .logging import TensorBoard, write_csv
+from .config import Config, save_config, upgrade
+from .evaluate import autocast, dynamic_dependence, evaluate_modes, first_images, progress_enabled
+from .logging import COLUMNS, TensorBoard
 from .optim import LRSchedule, build_lr_schedule, build_optimizer, peak_lr, set_lr
 
 
@@ -61,8 +67,6 @@ def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(cfg: Config, num_classes: int, stem: str) -> nn.Module:
-    from dynshuffle.models import create_model
-
     m = cfg.model
     return create_model(m.name, num_classes=num_classes, stem=m.stem or stem, shuffle=m.shuffle,
                         pointwise=m.pointwise, shuffle_groups=m.shuffle_groups,
@@ -71,9 +75,9 @@ def build_model(cfg: Config, num_classes: int, stem: str) -> nn.Module:
 
 
 def layer_options(cfg: Config) -> dict:
-    """The model keys that pass through to the shuffle layers (null keys keep the layer's defaults)."""
-    keys = ("confidence", "relaxation", "stats", "head_init", "diversity")
-    return {k: getattr(cfg.model, k) for k in keys if getattr(cfg.model, k) is not None}
+    """The model keys that pass through to the shuffle layers (`models.blocks.LAYER_OPTIONS`; null keys keep
+    the layer's defaults)."""
+    return {k: getattr(cfg.model, k) for k in LAYER_OPTIONS if getattr(cfg.model, k, None) is not None}
 
 
 # Keys a resumed run cannot change: the weights and the data order were built from them.
@@ -85,16 +89,16 @@ DEPENDENCE_IMAGES = 128  # images of the first eval batches for the per-epoch da
 class EpochStats:
     """Sums over one epoch's training steps (this process's share until `all_reduce`)."""
 
-    sums: torch.Tensor  # float64 (loss * n, correct, penalty * n, images): one tensor, one all-reduce
+    sums: torch.Tensor  # float64 (loss * n, correct, shuffle loss * n, images): one tensor, one all-reduce
 
     @classmethod
     def zeros(cls, device: torch.device) -> "EpochStats":
         return cls(torch.zeros(4, dtype=torch.float64, device=device))
 
-    def add(self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, penalty: torch.Tensor) -> None:
+    def add(self, ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, shuffle_loss: torch.Tensor) -> None:
         n = labels.numel()
         self.sums += torch.stack([ce.detach().double() * n, (logits.detach().argmax(1) == labels).sum().double(),
-                                  penalty.detach().double() * n, self.sums.new_tensor(n)])
+                                  shuffle_loss.detach().double() * n, self.sums.new_tensor(n)])
 
     def all_reduce(self, ctx: D.DistContext) -> "EpochStats":
         D.all_reduce_sum(self.sums, ctx)
@@ -116,7 +120,7 @@ class EpochStats:
         return self.mean(1)
 
     @property
-    def penalty(self) -> float:
+    def shuffle_loss(self) -> float:
         return self.mean(2)
 
 
@@ -273,14 +277,16 @@ def check_same_run_folder(ctx: D.DistContext, run_dir: Path, state: dict | None)
 
 
 def resume_changes(saved: dict | None, cfg: Config) -> tuple[list[str], list[str]]:
-    """(changed keys, of which those that cannot change on resume), as 'section.key: old -> new'."""
+    """(changed keys, of which those that cannot change on resume), as 'section.key: old -> new'. `saved` is
+    the config stored in the checkpoint, read under the current key names (`config.upgrade`)."""
     if not saved:
         return [], []
+    saved = upgrade(saved)
     changed, refused = [], []
     new = cfg.to_dict()
     for sec, values in new.items():
         for key, value in values.items():
-            old = (saved.get(sec) or {}).get(key, value)
+            old = (saved.get(sec) or {}).get(key, value)  # a key added since the save: unchanged
             if old != value:
                 dotted = f"{sec}.{key}"
                 changed.append(f"{dotted}: {old!r} -> {value!r}")
@@ -310,8 +316,6 @@ def _seed(cfg: Config, device: torch.device) -> None:
 
 def _data(cfg: Config, ctx: D.DistContext):
     """(spec, train_sampler, train_loader, val_loader): uint8 batches; augmentation runs on the device."""
-    from dynshuffle.data import build_datasets, get_dataset_spec
-
     spec = get_dataset_spec(cfg.data.name)
     if cfg.data.download and ctx.distributed and not ctx.is_main:
         D.barrier(ctx)  # rank 0 downloads first
@@ -339,9 +343,6 @@ def _data(cfg: Config, ctx: D.DistContext):
 
 def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | None = None) -> Run:
     """Seeds, data, model, optimizer, lr and shuffle schedules: a run at step 0."""
-    from dynshuffle.data import BatchTransform
-    from dynshuffle.schedule import ShuffleSchedule
-
     device = ctx.device
     _seed(cfg, device)
     spec, sampler, train_loader, val_loader = _data(cfg, ctx)
@@ -357,7 +358,7 @@ def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | Non
     peak = peak_lr(cfg.optim, cfg.data.batch_size)
     amp_dtype = _amp_dtype(cfg.train.amp, device)
     shuffle_schedule = ShuffleSchedule(model, total_steps, **cfg.shuffle.recipe()) \
-        if has_shuffle_modes(model) else None
+        if has_shuffle_modules(model) else None
     return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, spec=spec, train_loader=train_loader, val_loader=val_loader,
                train_sampler=sampler, train_tf=BatchTransform(spec, train=True).to(device),
                val_tf=BatchTransform(spec, train=False).to(device),
@@ -438,8 +439,8 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
         with autocast(device, run.amp_dtype):
             logits = run.model(images)
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
-        penalty = run.shuffle_schedule.penalty() if run.shuffle_schedule is not None else ce.new_zeros(())
-        loss = ce + penalty
+        shuffle_loss = run.shuffle_schedule.loss() if run.shuffle_schedule is not None else ce.new_zeros(())
+        loss = ce + shuffle_loss
 
         # A NaN/inf loss stops the run before it can reach a checkpoint (all ranks agree). On a GPU the
         # check reads the flag every `check_every` steps, so that it costs no sync per step.
@@ -459,7 +460,7 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
         run.scaler.step(run.optimizer)
         run.scaler.update()
 
-        stats.add(ce, logits, labels, penalty)
+        stats.add(ce, logits, labels, shuffle_loss)
         if run.show_bars and step % 10 == 0:
             seen = stats.images
             bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{stats.top1:.3f}",
@@ -503,7 +504,7 @@ def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epo
         "val_top1_hard": hard["top1"] if dynamic else None,
         "val_top1_soft": soft["top1"] if soft else None, "val_top5_soft": soft["top5"] if soft else None,
         "val_loss_soft": soft["loss"] if soft else None,
-        "lr": last["lr"], "lambda": last["lambda"], "penalty": stats.penalty if dynamic else None,
+        "lr": last["lr"], "lambda": last["lambda"], "penalty": stats.shuffle_loss if dynamic else None,
         "shuffle_mode": last["mode"],
         "dynamic_layers": dependence["dynamic_layers"] if dependence else None,
         "distinct_median": dependence["distinct_median"] if dependence else None,
@@ -525,7 +526,7 @@ def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epo
         if is_best:
             ckpt.save_checkpoint(run.run_dir, "best", run.raw_model, state, cfg_dict)
         ckpt.save_checkpoint(run.run_dir, "last", run.raw_model, state, cfg_dict)
-        write_csv(run.run_dir / "log.csv", run.history)
+        write_csv(run.run_dir / "log.csv", run.history, COLUMNS)
         logger.log_row(row, epoch + 1)
     run.saved_epoch = epoch + 1
     ctx.phase = f"the barrier after epoch {epoch + 1} (rank 0 writes the checkpoint meanwhile)"

@@ -6,6 +6,11 @@ import math
 import torch
 from torch import nn
 
+from dynshuffle.layers.base import shuffle_modules
+
+OPTIMIZERS = ("sgd",)
+LR_SCHEDULES = ("cosine", "linear", "step", "constant")
+
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -21,8 +26,6 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     # A learned (input-independent) shuffle's logits are its bias: the same role as the generator's
     # logit biases, so they are exempt too (they are the shuffle modules' own, non-child parameters).
-    from dynshuffle.layers import shuffle_modules
-
     logits = {id(p) for m in shuffle_modules(model) for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -39,8 +42,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
 
 def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
     groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.exempt_norm_bias)
-    if optim_cfg.name != "sgd":
-        raise ValueError(f"config key 'optim.name': unknown optimizer {optim_cfg.name!r} (known: sgd)")
+    if optim_cfg.name not in OPTIMIZERS:
+        raise ValueError(f"config key 'optim.name': unknown optimizer {optim_cfg.name!r} (known: "
+                         f"{', '.join(OPTIMIZERS)})")
     return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov,
                            weight_decay=optim_cfg.weight_decay)
 
@@ -55,8 +59,8 @@ class LRSchedule:
 
     def __init__(self, name: str, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0,
                  milestones: list[int] | None = None, gamma: float = 0.1):
-        if name not in ("cosine", "linear", "step", "constant"):
-            raise ValueError(f"config key 'schedule.name': unknown schedule {name!r}")
+        if name not in LR_SCHEDULES:
+            raise ValueError(f"config key 'schedule.name': unknown schedule {name!r} (known: {', '.join(LR_SCHEDULES)})")
         self.name = name
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))

@@ -38,7 +38,7 @@ def recipe(dataset: str, model: str = "shufflenet_v2_x0_5", variant: str = "dyna
     elif dataset == "fashion-mnist":
         # The real benchmark of this machine (docs/method.md §8): 60 000 training and 10 000 test images,
         # 28x28. The "tiny" stem (3x3 conv + max-pool, 28 -> 14) puts the stages at 7, 4 and 2 pixels; on one
-        # core it trains 2.5x faster than the "cifar" stem (no pool) and reached the same top-1 at the same
+        # core it trains faster than the "cifar" stem (no pool) and reached the same top-1 at the same
         # cost (10 epochs against 4, ShuffleNetV1 g = 3 0.5x; docs/method.md §8.1). SGD at batch 128, lr 0.1
         # cosine with half an epoch of warm-up. Augmentation: random crop with 4-pixel zero padding and
         # horizontal flip (BatchTransform).
@@ -73,12 +73,8 @@ def recipe(dataset: str, model: str = "shufflenet_v2_x0_5", variant: str = "dyna
         cfg.train.epochs, cfg.train.label_smoothing = 240, 0.1
     else:
         raise ValueError(f"no recipe for dataset {dataset!r}; recipes: {', '.join(DATASETS)}")
-    # Dynamic-shuffle keys (fixed-shuffle variants ignore them): the penalty from the first step
-    # (explore_fraction 0), then straight-through for the last 25 %. ShuffleSchedule's own default explores
-    # without penalty for half of the steps, which a single layer needs to learn routing; in classifiers it
-    # measured no better for the dynamic shuffle and worse for the others (digits, 3 seeds: dynamic 94.63 vs
-    # 94.72, learned 90.65 vs 92.22, SDS 89.17 vs 91.39 %; docs/method.md §7.3).
-    cfg.shuffle.explore_fraction = 0.0
+    # Dynamic-shuffle keys (fixed-shuffle variants ignore them): ShuffleSchedule's defaults, the penalty from
+    # the first step (no penalty-free phase) and straight-through for the last 25 % (docs/method.md §7.3).
     cfg.model.name = model
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")

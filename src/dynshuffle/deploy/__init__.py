@@ -1,0 +1,2 @@
+"""Deployment: the ONNX export of a model's inference form (`export`) and the conversion of someone else's
+network to dynamic shuffles (`conversion`)."""

@@ -1,0 +1,96 @@
+"""The inference form of the shuffle modules, as module types of their own, and `fuse_for_inference`.
+
+A fused module computes only the exact permutation, with the fewest operations: a `FusedDynamicShuffle`
+runs a `FusedShuffleGenerator` (BatchNorm folded, one head for A and B, the temperature folded in) and
+one pair of sorts for both factors; a `FusedLearnedShuffle` holds its permutation as a constant index.
+They run in eval mode only. Export (`dynshuffle.deploy.export`) traces the fused form of a copy.
+"""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as DF
+from .base import ShuffleModule, check_input
+from .generator import FusedShuffleGenerator
+
+__all__ = ["FusedShuffle", "FusedDynamicShuffle", "FusedLearnedShuffle", "fuse_for_inference"]
+
+
+class FusedShuffle(nn.Module, metaclass=abc.ABCMeta):
+    """Base of the fused shuffle modules: `exact_index(x)` gives the `(N|1, C)` permutation index, and the
+    forward is one gather with it. Built by `ShuffleModule.fused()`; it cannot train."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.channels, self.groups = channels, groups
+
+    @abc.abstractmethod
+    def exact_index(self, x: Tensor) -> Tensor:
+        """The exact permutation index `(N|1, C)` for `x`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.channels, type(self).__name__)
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} is for inference only (call .eval()); fuse a copy of a "
+                               f"model that should keep training: dynshuffle.fuse_for_inference(copy.deepcopy(model))")
+        return DF.permute_channels(x, self.exact_index(x))
+
+    @torch.no_grad()
+    def permutation(self, x: Tensor) -> Tensor:
+        """The exact permutation applied to `x`: LongTensor `(N, C)` with `out[n, c] == x[n, perm[n, c]]`."""
+        check_input(x, self.channels, type(self).__name__)
+        return self.exact_index(x).expand(x.shape[0], -1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, groups={self.groups}"
+
+
+class FusedDynamicShuffle(FusedShuffle):
+    """Inference form of a `DynamicShuffle` (`DynamicShuffle.fused()`): the fused generator writes one
+    block-diagonal score matrix for A and B, and one softmax, argmax and pair of sorts binarize both
+    (`functional.ranked_columns`); two table gathers compose the index (`functional.compose_ranks`)."""
+
+    def __init__(self, channels: int, groups: int, n1: int, n2: int, generator: FusedShuffleGenerator):
+        super().__init__(channels, groups)
+        self.n1, self.n2 = n1, n2
+        self.generator = generator
+
+    def exact_index(self, x: Tensor) -> Tensor:
+        ranks = DF.ranked_columns(*DF.row_argmax(self.generator(x)), self.n1 + self.n2)
+        return DF.compose_ranks(ranks, self.n1, self.n2, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", factors=({self.n1}, {self.n2})"
+
+
+class FusedLearnedShuffle(FusedShuffle):
+    """Inference form of a `LearnedShuffle` (`LearnedShuffle.fused()`): its permutation as a constant
+    `(1, C)` index (a buffer, not saved in the state dict)."""
+
+    def __init__(self, channels: int, groups: int, index: Tensor):
+        super().__init__(channels, groups)
+        self.register_buffer("index", index, persistent=False)
+
+    def exact_index(self, x: Tensor) -> Tensor:
+        return self.index
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """The inference form of `model`: every shuffle module replaced by its fused module (`FusedDynamicShuffle`,
+    `FusedLearnedShuffle`) in place, and `model` switched to eval mode; returns `model`, or the fused module
+    when `model` is itself a shuffle module. Irreversible: fuse a copy (`copy.deepcopy(model)`) to keep a
+    trainable model. The exact permutations are those of the unfused model (BatchNorm folding aside)."""
+    if isinstance(model, ShuffleModule):
+        return model.fused().eval()
+    model.eval()
+    fused: dict[int, nn.Module] = {}  # a module used at several places stays shared
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if isinstance(module, ShuffleModule):
+            if id(module) not in fused:
+                fused[id(module)] = module.fused().eval()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, fused[id(module)])
+    return model

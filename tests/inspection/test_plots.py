@@ -1,0 +1,92 @@
+"""dynshuffle.inspection.plots: every picture has a title, labels and colour bars; files are not overwritten;
+the training picture draws each accuracy column once."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynshuffle.inspection import plots as P
+from dynshuffle.inspection.stats import permutation_stats
+from dynshuffle.utils import write_csv
+
+
+def test_every_picture_has_title_labels_and_colour_bars(tmp_path, monkeypatch, user_net, images):
+    figures = []
+    original = P._save
+
+    def capture(fig, path):
+        figures.append((path.name, fig))
+        return original(fig, path)
+
+    monkeypatch.setattr(P, "_save", capture)
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,train_loss,val_top1,val_top1_soft,penalty,shuffle_mode\n"
+                   "0,2.0,0.3,0.35,4.0,soft\n1,1.5,0.5,0.52,1.0,soft\n2,1.2,0.6,0.6,0.1,ste\n")
+    x, labels = images(10), torch.arange(10) % 3
+    written = P.render_report(user_net(), x, labels, tmp_path / "pics", log_csv=log, n_inputs=2)
+    names = sorted(p.name for p in written)
+    assert names == sorted(["matrices_shared.png", "matrices_body.2.png", "matrices_learned.png",
+                            "matrices_sds.dynamic.png", "class_agreement.png", "sample_agreement.png",
+                            "closeness.png", "diversity.png", "training.png", "stats.json"])
+    for path in written:
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, fig in figures:
+        colorbar_axes = {id(im.colorbar.ax) for ax in fig.axes for im in ax.images if im.colorbar is not None}
+        plotted = [ax for ax in fig.axes if id(ax) not in colorbar_axes and ax.axison]
+        assert plotted, name
+        for ax in plotted:
+            assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel(), (name, ax.get_title())
+        if any(ax.images for ax in plotted):
+            assert colorbar_axes, f"{name}: heatmaps without a colour bar"
+    saved = json.loads((tmp_path / "pics" / "stats.json").read_text())
+    expected = permutation_stats(user_net(), x, labels)  # the same numbers, as JSON (NaN as null)
+    assert list(saved) == list(expected)
+    for layer, values in expected.items():
+        assert saved[layer]["distinct"] == values["distinct"] and saved[layer]["kind"] == values["kind"]
+        assert saved[layer]["agreement"] == pytest.approx(values["agreement"])
+        np.testing.assert_allclose(np.array(saved[layer]["class_agreement"], dtype=float), values["class_agreement"])
+
+
+def test_render_report_refuses_to_overwrite(tmp_path, user_net, images):
+    out = tmp_path / "pics"
+    out.mkdir()
+    (out / "closeness.png").write_bytes(b"mine")
+    model = user_net()
+    with pytest.raises(FileExistsError, match="closeness.png"):
+        P.render_report(model, images(4), torch.arange(4) % 2, out)
+    assert (out / "closeness.png").read_bytes() == b"mine" and len(list(out.iterdir())) == 1
+    P.render_report(model, images(4), torch.arange(4) % 2, out, force=True, n_inputs=1, layers=["shared"])
+    assert (out / "matrices_shared.png").exists() and not (out / "matrices_learned.png").exists()
+    assert (out / "closeness.png").read_bytes() != b"mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="no shuffle layer matches"):
+        P.render_report(model, images(4), torch.arange(4) % 2, out, force=True, layers=["nothing*"])
+    with pytest.raises(NotADirectoryError):
+        P.render_report(model, images(4), torch.arange(4) % 2, tmp_path / "file")
+
+
+def test_duplicate_accuracy_columns_are_drawn_once_with_both_names(tmp_path, monkeypatch):
+    rows = [{"epoch": e, "val_top1": 0.5 + e / 10, "val_top1_hard": 0.5 + e / 10, "val_top1_soft": 0.4 + e / 10,
+             "train_top1": 0.6, "penalty": 1.0 / e, "shuffle_mode": "soft" if e < 3 else "ste"} for e in (1, 2, 3)]
+    write_csv(tmp_path / "log.csv", rows, list(rows[0]))
+    figures = []
+    real_save = P._save
+    monkeypatch.setattr(P, "_save", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
+    assert P.plot_training(tmp_path / "log.csv", tmp_path / "training.png").is_file()
+    bottom = figures[0].axes[1]
+    labels = [line.get_label() for line in bottom.get_lines()]
+    assert "val_top1 = val_top1_hard" in labels and "val_top1_soft" in labels and "train_top1" in labels
+    assert not any(label == "val_top1_hard" for label in labels)
+
+
+def test_accuracy_vs_macs_plots_csv_rows_and_rejects_empty(tmp_path):
+    rows = [{"variant": "static", "model": "m", "macs": "2920888", "top1_mean": "0.9", "top1_std": "0.004", "seeds": "3"},
+            {"variant": "sds", "model": "m", "macs": "2214912", "top1_mean": "0.89", "top1_std": "", "seeds": "3"},
+            {"variant": "broken", "model": "m", "macs": "", "top1_mean": "0.5", "top1_std": "0", "seeds": "1"}]
+    path = P.plot_accuracy_vs_macs(rows, tmp_path / "acc.png", "title")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no row has both"):
+        P.plot_accuracy_vs_macs(rows[2:], tmp_path / "none.png", "title")
+    assert not (tmp_path / "none.png").exists()

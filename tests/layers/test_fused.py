@@ -1,0 +1,85 @@
+"""dynshuffle.layers.fused: the inference form of every shuffle module is its own module type, and computes
+the permutations of the unfused module for every generator option."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dynshuffle.layers.dynamic import DynamicShuffle
+from dynshuffle.layers.fused import FusedDynamicShuffle, FusedLearnedShuffle, fuse_for_inference
+from dynshuffle.layers.learned import LearnedShuffle
+from dynshuffle.layers.sds import StaticDynamicShuffle
+from dynshuffle.models.registry import create_model
+
+
+def _trained_generator(module, channels):
+    """Non-trivial BatchNorm running statistics, as training leaves them."""
+    module.train()
+    for _ in range(3):
+        module(torch.randn(16, channels, 3, 3))
+    return module.eval()
+
+
+OPTIONS = [
+    {}, {"share": False}, {"temperature": 1.5}, {"head_init": 0.0},
+    {"stats": "mean_std"}, {"activation": "gelu"}, {"activation": "leaky_relu"}, {"activation": "none"},
+    {"relaxation": "sinkhorn"}, {"noise": 1.0}, {"hidden": 3}, {"diversity": 1.0},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+@pytest.mark.parametrize("channels,groups", [(48, 2), (116, 2), (24, 3), (29, 1)])
+def test_fused_equals_unfused_for_every_generator_option(options, channels, groups):
+    torch.manual_seed(channels)
+    module = _trained_generator(DynamicShuffle(channels, groups, **{"head_init": 0.5, **options}), channels)
+    x = torch.randn(32, channels, 3, 3)
+    fused = fuse_for_inference(copy.deepcopy(module))
+    assert type(fused) is FusedDynamicShuffle and not fused.training
+    assert torch.equal(fused.permutation(x), module.permutation(x))
+    assert torch.equal(fused(x), module(x))
+    assert len(list(fused.parameters())) == 4  # reduce (+ folded BN) and one head, weight and bias each
+
+
+def test_fused_model_matches_and_refuses_to_train(randomize):
+    model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic", pointwise="sds").eval()
+    for m in model.modules():
+        if isinstance(m, DynamicShuffle):
+            randomize(m.generator.head_a, 0.5), randomize(m.generator.head_b, 0.5)
+    x = torch.randn(4, 3, 32, 32)
+    fused = fuse_for_inference(copy.deepcopy(model))
+    assert fused.stage2[0].shuffle.__class__ is FusedDynamicShuffle
+    assert fused.stage2[1].branch2[0].dynamic.__class__ is FusedDynamicShuffle  # inside an SDS too
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.train()(x)
+
+
+def test_fused_learned_shuffle_is_a_constant_index(randomize):
+    module = randomize(LearnedShuffle(24, 2, noise=1.0), seed=2).train()  # no noise in the fused index
+    x = torch.randn(3, 24, 2, 2)
+    expected = module.eval()(x)
+    fused = fuse_for_inference(module.train())
+    assert type(fused) is FusedLearnedShuffle and fused.index.shape == (1, 24)
+    assert torch.equal(fused(x), expected) and "index" not in fused.state_dict()
+    assert torch.equal(fused.permutation(x), module.eval().permutation(x))
+
+
+def test_a_shared_module_stays_shared_and_claim_rounds_have_no_fused_form():
+    shared = DynamicShuffle(12, 2)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    fuse_for_inference(model)
+    assert model[0] is model[2] and type(model[0]) is FusedDynamicShuffle
+    with pytest.raises(ValueError, match="binarize_rounds=0"):
+        fuse_for_inference(nn.Sequential(DynamicShuffle(12, 2, binarize_rounds=1)))
+
+
+def test_sds_and_fused_model_compile_with_fullgraph():
+    model = nn.Sequential(nn.Conv2d(3, 24, 1), DynamicShuffle(24, 2, head_init=0.5),
+                          StaticDynamicShuffle(24, 2)).eval()
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="aot_eager")(x), model(x))
+        fused = fuse_for_inference(copy.deepcopy(model))
+        torch.testing.assert_close(torch.compile(fused, fullgraph=True, backend="aot_eager")(x), model(x))

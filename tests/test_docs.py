@@ -1,0 +1,139 @@
+"""The documentation (README.md, docs/*.md): its commands run as written: every `dynshuffle ...` line of a ```bash block
+parses, and the fast ones (help, models, profile, a smoke-test digits train, eval, export, show) run in a
+temporary folder. Also the CLI's small promises: --version, one-line errors, file modes."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynshuffle import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# The fast commands, exactly as the docs write them, in the order they depend on each other.
+FAST = [
+    "dynshuffle --version",
+    "dynshuffle models",
+    "dynshuffle profile shufflenet_v2_x1_0 --shuffle dynamic",
+    "dynshuffle train --config configs/digits_shufflenet_v2_x0_5_dynamic.yaml --out runs/digits-dynamic "
+    "--overwrite --set train.epochs=1 --set train.steps_per_epoch=10 --threads 1",
+    "dynshuffle eval --checkpoint runs/digits-dynamic/best.safetensors --threads 1",
+    "dynshuffle export --checkpoint runs/digits-dynamic --onnx model.onnx --force",
+    "dynshuffle show --checkpoint runs/digits-dynamic --out pictures/ --force --samples 64 --inputs 1 "
+    "--layers stage2.*",
+]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(file name, argv) of every line of a ```bash block that runs `dynshuffle` (continuations joined,
+    comments dropped); lines with [optional] usage brackets are synopses, not commands."""
+    found = []
+    for path in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("&&"):
+                    argv = shlex.split(part, comments=True)
+                    if argv and argv[0] == "dynshuffle" and not any(a.startswith("[") for a in argv):
+                        found.append((path.name, argv))
+    return found
+
+
+def test_the_docs_hold_the_fast_commands():
+    commands = {" ".join(argv) for _, argv in documented_commands()}
+    for command in FAST:
+        assert command in commands, command
+    # deploy.md's show example names the folder that training.md's digits command writes
+    training = (ROOT / "docs" / "training.md").read_text()
+    assert "--out runs/digits-dynamic" in training
+    assert "dynshuffle show --checkpoint runs/digits-dynamic" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+@pytest.mark.parametrize("where,argv", documented_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v[:3]))
+def test_every_documented_command_parses(where, argv):
+    parser = cli.build_parser()
+    try:
+        parser.parse_args(argv[1:])
+    except SystemExit as err:  # --help / --version exit 0; an unknown option exits 2
+        assert err.code == 0, f"{where}: {' '.join(argv)}"
+
+
+def test_every_command_has_help(capsys):
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as err:
+            cli.main([name, "--help"])
+        assert err.value.code == 0
+        assert "usage: dynshuffle " + name in capsys.readouterr().out
+
+
+def test_the_fast_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # --threads 1 must not outlive the command
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    for command in FAST:
+        argv = shlex.split(command)[1:]
+        if argv == ["--version"]:
+            with pytest.raises(SystemExit) as err:
+                cli.main(argv)
+            assert err.value.code == 0 and re.match(r"dynshuffle \d", capsys.readouterr().out)
+            continue
+        assert cli.main(argv) == 0, command
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "pictures" / "training.png").is_file()
+    assert (tmp_path / "runs" / "digits-dynamic" / "log.csv").is_file()
+
+
+# ---------------------------------------------------------------------------------- small CLI promises
+
+
+def test_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    assert cli.main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "<unicode string>" not in err
+    for argv in (["eval", "--checkpoint", str(tmp_path / "nothing")],
+                 ["train", "--config", str(tmp_path / "nope.yaml")],
+                 ["train", "--out", str(tmp_path / "norun"), "--resume"]):
+        assert cli.main(argv) == 2
+        assert "not found: " + str(tmp_path) in capsys.readouterr().err
+
+
+def test_download_flag_and_existing_run_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(ROOT / "configs" / "digits_shufflenet_v2_x0_5_static.yaml"), "--out", str(out),
+            "--download", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1",
+            "--set", "train.eval_steps=1", "--set", "log.tensorboard=false"]
+    assert cli.main(argv) == 0
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["download"] is True
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "last.safetensors").stat().st_mode) == 0o666 & ~umask  # not 0600
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "already holds a run" in (err := capsys.readouterr().err) and "--overwrite" in err
+
+
+def test_missing_cifar_data_names_the_flag_and_the_argument(tmp_path):
+    from dynshuffle.data.errors import DataError
+    from dynshuffle.data.registry import build_datasets
+
+    with pytest.raises(DataError) as err:
+        build_datasets("cifar10", root=tmp_path)
+    assert "--download" in str(err.value) and "download=True" in str(err.value)
+
+
+def test_bench_kron_variants_help_exits_without_benchmarking():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kron_variants.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "ratio" not in proc.stdout
