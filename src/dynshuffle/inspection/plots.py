@@ -324,13 +324,10 @@ def plot_accuracy_vs_macs(rows: Sequence[dict], path: str | os.PathLike, title: 
     `seeds`. Rows of several models (e.g. two widths) share the axes, so a variant can be read against the
     baseline at equal multiply-adds.
     """
-    points = []
-    for row in rows:
-        macs, mean = _float(row.get("macs")), _float(row.get("top1_mean"))
-        if math.isfinite(macs) and math.isfinite(mean):
-            std = _float(row.get("top1_std"))
-            points.append((macs / 1e6, 100 * mean, 100 * std if math.isfinite(std) else 0.0,
-                           f"{row.get('model', '')} {row['variant']}".strip(), str(row.get("seeds", ""))))
+    macs, mean, std = _column(rows, "macs") / 1e6, 100 * _column(rows, "top1_mean"), 100 * _column(rows, "top1_std")
+    points = [(m, a, s if math.isfinite(s) else 0.0, f"{row.get('model', '')} {row['variant']}".strip(),
+               str(row.get("seeds", "")))
+              for row, m, a, s in zip(rows, macs, mean, std) if math.isfinite(m) and math.isfinite(a)]
     if not points:
         raise ValueError("no row has both multiply-adds and a top-1 to plot")
     fig = _figure(7.5, 4.8)
@@ -344,13 +341,6 @@ def plot_accuracy_vs_macs(rows: Sequence[dict], path: str | os.PathLike, title: 
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     return _save(fig, path)
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 FIXED_FILES = ("class_agreement.png", "sample_agreement.png", "closeness.png", "diversity.png", "stats.json")
