@@ -33,8 +33,7 @@ def _randomize_generators(model: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, DynamicShuffle):
-                for head in (m.generator.head_a, m.generator.head_b):
-                    head.weight.copy_(torch.randn(head.weight.shape, generator=g))
+                m.generator.head.weight.copy_(torch.randn(m.generator.head.weight.shape, generator=g))
     return model
 
 

@@ -92,7 +92,7 @@ def test_converted_network_trains_its_generators():
     from dynshuffle.layers.base import total_orthogonality_penalty
 
     (out.square().mean() + total_orthogonality_penalty(converted)).backward()
-    grad = converted.stem[1].generator.head_a.weight.grad
+    grad = converted.stem[1].generator.head.weight.grad
     assert grad is not None and grad.abs().sum() > 0
 
 

@@ -3,6 +3,8 @@ as the fixed shuffle, the exact path equal to the matrix path, straight-through,
 Sinkhorn, claim rounds, and the model-level sums."""
 import copy
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -117,31 +119,70 @@ def test_ste_forward_is_exact_and_gradients_match_matrix_path(share, randomize, 
     torch.testing.assert_close(module.orthogonality_penalty, _penalty(a, b))
 
 
-def test_ste_autograd_function_gradcheck():
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ste_autograd_function_gradients_are_those_of_the_linearised_matrix_path(share, channels_last):
     from dynshuffle.layers.base import _StraightThroughShuffle
 
     torch.manual_seed(0)
-    groups, n1, n2 = 2, 2, 3
-    pa = torch.stack([torch.randperm(n1) for _ in range(2)])
-    pb = torch.stack([torch.randperm(n2) for _ in range(2)])
-    index = DF.compose_permutation(pa, pb, groups)
-    x = torch.randn(2, 12, 2, 2, dtype=torch.float64, requires_grad=True)
-    a = torch.randn(2, n1, n1, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(2, n2, n2, dtype=torch.float64, requires_grad=True)
+    groups, n1, n2, batch = 2, 2, 3, 2
+    lead = (batch,) if share else (batch, groups)
+    pa = torch.stack([torch.randperm(n1) for _ in range(math.prod(lead))]).view(*lead, n1)
+    pb = torch.stack([torch.randperm(n2) for _ in range(math.prod(lead))]).view(*lead, n2)
+    order = torch.cat([DF.invert_permutation(pa), DF.invert_permutation(pb) + n1], -1)
+    inverse = DF.inverse_composed_index(order, n1, n2, groups, batch)
+    x = torch.randn(batch, 12, 2, 2, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    a = torch.randn(*lead, n1, n1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(*lead, n2, n2, dtype=torch.float64, requires_grad=True)
 
     def ste(x, a, b):
-        return _StraightThroughShuffle.apply(x, a, b, index, pa, pb, groups)
+        return _StraightThroughShuffle.apply(x, a, b, inverse, order, groups)
 
     def linearised(x, a, b):   # the function STE differentiates: matrix path at the one-hot point, linear in A, B
         a_oh, b_oh = DF.one_hot_permutation(pa, a.dtype), DF.one_hot_permutation(pb, b.dtype)
         return (DF.kron_shuffle(x, a_oh, b_oh, groups) + DF.kron_shuffle(x, a - a.detach(), b_oh, groups)
                 + DF.kron_shuffle(x, a_oh, b - b.detach(), groups))
 
-    w = torch.randn(2, 12, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(ste(x, a, b), DF.permute_channels(x, DF.compose_permutation(pa, pb, groups)))
+    w = torch.randn(batch, 12, 2, 2, dtype=torch.float64)
     g1 = torch.autograd.grad((ste(x, a, b) * w).sum(), (x, a, b))
     g2 = torch.autograd.grad((linearised(x, a, b) * w).sum(), (x, a, b))
     for u, v in zip(g1, g2):
         torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize("lead", [(3,), (1,), (3, 2)])
+def test_softmax_factors_function_matches_autograd_on_the_plain_math(lead):
+    from dynshuffle.layers.base import _SoftmaxFactors
+
+    torch.manual_seed(1)
+    n1, n2 = 2, 3
+    scores = torch.randn(lead[0], math.prod(lead[1:]) * (n1 * n1 + n2 * n2), dtype=torch.float64, requires_grad=True)
+    shape_a, shape_b = lead + (n1, n1), lead + (n2, n2)
+
+    def reference(scores):
+        split = math.prod(shape_a[1:])
+        a = torch.softmax(scores[:, :split].reshape(shape_a), -1)
+        b = torch.softmax(scores[:, split:].reshape(shape_b), -1)
+        def penalty(m):
+            return (m @ m.mT - torch.eye(m.shape[-1], dtype=m.dtype)).pow(2).sum((-2, -1)).mean()
+        return a, b, penalty(a) + penalty(b)
+
+    got, want = _SoftmaxFactors.apply(scores, shape_a, shape_b), reference(scores)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v)
+    wa, wb = torch.randn(shape_a, dtype=torch.float64), torch.randn(shape_b, dtype=torch.float64)
+
+    def loss(out):
+        a, b, penalty = out
+        return (a * wa).sum() + (b * wb).sum() + 0.7 * penalty
+
+    torch.testing.assert_close(torch.autograd.grad(loss(_SoftmaxFactors.apply(scores, shape_a, shape_b)), scores)[0],
+                               torch.autograd.grad(loss(reference(scores)), scores)[0])
+    assert torch.autograd.gradcheck(lambda s: _SoftmaxFactors.apply(s, shape_a, shape_b), (scores,))
 
 
 def test_soft_path_records_the_penalty_and_gives_every_parameter_a_gradient(randomize):
@@ -246,14 +287,14 @@ def test_gumbel_noise_is_added_to_the_scaled_logits_in_training_only():
     torch.manual_seed(0)
     module = DynamicShuffle(12, 2, head_init=0.5, temperature=2.0, noise=0.7).train()
     x = torch.randn(3, 12, 2, 2)
-    logits_a, logits_b = module.logits(x)
+    logits = module.flat_logits(x)
     torch.manual_seed(5)
     noisy_a, noisy_b = module.scaled_logits(x)
     torch.manual_seed(5)  # the same uniform draws, turned into Gumbel noise: -log(-log(u))
-    u_a = torch.rand_like(logits_a).clamp_(1e-9, 1 - 1e-9)
-    u_b = torch.rand_like(logits_b).clamp_(1e-9, 1 - 1e-9)
-    torch.testing.assert_close(noisy_a, logits_a / 2.0 + 0.7 * -torch.log(-torch.log(u_a)))
-    torch.testing.assert_close(noisy_b, logits_b / 2.0 + 0.7 * -torch.log(-torch.log(u_b)))
+    u = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
+    expected_a, expected_b = module.split_scores(logits / 2.0 + 0.7 * -torch.log(-torch.log(u)))
+    torch.testing.assert_close(noisy_a, expected_a)
+    torch.testing.assert_close(noisy_b, expected_b)
     module.eval()
     clean_a, _ = module.scaled_logits(x)
     torch.testing.assert_close(clean_a, module.logits(x)[0] / 2.0)
@@ -406,3 +447,49 @@ def test_exact_path_ranks_the_scaled_logits(randomize):
     assert torch.equal(module.permutation(x), expected)
     raw = DF.compose_permutation(*(m[:, 0] for m in DF.binarize_pair(la, lb)), 2)
     assert not torch.equal(raw, expected)  # the test can tell the two apart
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "learned", "sds"])
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("mode,training", [("auto", True), ("ste", True), ("frozen", True), ("auto", False),
+                                           ("soft", False)])
+def test_lean_path_gives_the_outputs_and_gradients_of_the_general_path(kind, share, mode, training, randomize,
+                                                                        monkeypatch):
+    """The launch-lean forward (`_SoftmaxFactors`, `factor_orders`, the scatter) computes what the general one
+    (factors, `binarize_pair`, a gather) does: same output, penalty and gradients of input and parameters."""
+    torch.manual_seed(3)
+    if kind == "dynamic":
+        module = randomize(DynamicShuffle(24, 2, share=share, mode=mode), scale=0.5)
+    elif kind == "learned":
+        module = LearnedShuffle(24, 2, share=share, mode=mode)
+        with torch.no_grad():
+            module.logits_a.normal_(0, 2.0), module.logits_b.normal_(0, 2.0)
+    else:
+        module = StaticDynamicShuffle(24, 2, share=share, mode=mode)
+        randomize(module.dynamic, scale=0.5)
+    module.train(training)
+    general = copy.deepcopy(module)
+    x = torch.randn(5, 24, 3, 3, requires_grad=True)
+    w = torch.randn(5, 24, 3, 3)
+
+    def run(m, lean: bool):
+        monkeypatch.setattr(ShuffleModule, "_lean", lambda self: lean)
+        x.grad = None
+        y = m(x)
+        shuffle = next(shuffle_modules(m))
+        penalty = shuffle.orthogonality_penalty
+        loss = (y * w).sum() + (0.3 * penalty if penalty is not None else 0.0)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        return y.detach(), penalty, x.grad.clone(), grads
+
+    y1, p1, gx1, g1 = run(module, True)
+    y2, p2, gx2, g2 = run(general, False)
+    torch.testing.assert_close(y1, y2)
+    assert (p1 is None) == (p2 is None)
+    if p1 is not None:
+        torch.testing.assert_close(p1, p2)
+    torch.testing.assert_close(gx1, gx2)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], msg=name)

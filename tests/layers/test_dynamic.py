@@ -36,7 +36,7 @@ def test_diversity_reward_is_the_weighted_batch_variance_of_the_soft_factors():
     torch.testing.assert_close(diverse.orthogonality_penalty, plain.orthogonality_penalty)  # kept apart
     assert plain.diversity_reward is None
     diverse.diversity_reward.backward()  # differentiable
-    assert diverse.generator.head_b.weight.grad.abs().sum() > 0
+    assert diverse.generator.head.weight.grad.abs().sum() > 0
     diverse(x[:1])  # one sample has no batch variance: no reward
     assert diverse.diversity_reward is None
     with pytest.raises(ValueError, match="diversity"):

@@ -45,7 +45,7 @@ def test_fused_model_matches_and_refuses_to_train(randomize):
     model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic", pointwise="sds").eval()
     for m in model.modules():
         if isinstance(m, DynamicShuffle):
-            randomize(m.generator.head_a, 0.5), randomize(m.generator.head_b, 0.5)
+            randomize(m.generator.head, 0.5)
     x = torch.randn(4, 3, 32, 32)
     fused = fuse_for_inference(copy.deepcopy(model))
     assert fused.stage2[0].shuffle.__class__ is FusedDynamicShuffle

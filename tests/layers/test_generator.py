@@ -35,9 +35,9 @@ def test_generator_forward_is_pool_linear_norm_activation_heads(activation, fn):
         gen.norm.running_var.uniform_(0.5, 2.0)
     x = torch.randn(4, 8, 3, 3)
     h = fn(gen.norm(gen.reduce(pooled_stats(x, "mean_std"))))
-    a, b = gen(x)
-    torch.testing.assert_close(a, gen.head_a(h).view(4, 2, 2, 2))
-    torch.testing.assert_close(b, gen.head_b(h).view(4, 2, 3, 3))
+    flat = gen(x)
+    assert flat.shape == (4, 2 * (2 * 2 + 3 * 3))  # A's two heads of 2 x 2, then B's two of 3 x 3
+    torch.testing.assert_close(flat, gen.head(h))
     assert gen.reduce.in_features == 16  # means and standard deviations
 
 
@@ -46,10 +46,10 @@ def test_a_single_sample_in_training_is_normalised_with_the_running_statistics()
     gen = ShuffleGenerator(8, 5, 2, 2, heads=1, diagonal_logit=lambda n: 0.0, head_init=0.5).train()
     x = torch.randn(1, 8, 3, 3)
     before = gen.norm.running_mean.clone()
-    a, _ = gen(x)
-    expected = gen.head_a(F.relu(F.batch_norm(gen.reduce(x.mean((2, 3))), gen.norm.running_mean, gen.norm.running_var,
-                                              gen.norm.weight, gen.norm.bias, training=False))).view(1, 1, 2, 2)
-    torch.testing.assert_close(a, expected)
+    flat = gen(x)
+    expected = gen.head(F.relu(F.batch_norm(gen.reduce(x.mean((2, 3))), gen.norm.running_mean, gen.norm.running_var,
+                                              gen.norm.weight, gen.norm.bias, training=False)))
+    torch.testing.assert_close(flat, expected)
     assert torch.equal(gen.norm.running_mean, before)
 
 

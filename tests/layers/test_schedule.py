@@ -73,7 +73,7 @@ def test_loss_is_lambda_times_penalties_minus_diversity_rewards():
     expected = 0.5 * (sum(m.orthogonality_penalty for m in shuffles) - shuffles[0].diversity_reward)
     torch.testing.assert_close(sched.loss(), expected)
     sched.loss().backward()
-    assert model[0].generator.head_a.bias.grad.abs().sum() > 0
+    assert model[0].generator.head.bias.grad.abs().sum() > 0
 
 
 def test_state_dict_round_trip_restores_the_step():

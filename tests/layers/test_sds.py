@@ -47,7 +47,7 @@ def test_dense_mixing_equals_factored_and_trains():
     a.train()
     (a(x).pow(2).mean() + a.dynamic.orthogonality_penalty).backward()
     assert a.mixing_u.grad.abs().sum() > 0 and a.mixing_v.grad.abs().sum() > 0
-    assert a.dynamic.generator.head_b.weight.grad.abs().sum() > 0
+    assert a.dynamic.generator.head.weight.grad.abs().sum() > 0
 
 
 def test_options_and_repr():

@@ -139,8 +139,7 @@ def test_init_leaves_shuffle_modules_alone():
     m = ShuffleNetV2(0.5, stem="cifar", shuffle="dynamic", pointwise="sds")
     for module in m.modules():
         if isinstance(module, DynamicShuffle):
-            assert torch.count_nonzero(module.generator.head_a.weight) == 0
-            assert torch.count_nonzero(module.generator.head_b.weight) == 0
+            assert torch.count_nonzero(module.generator.head.weight) == 0
             assert torch.allclose(module.generator.norm.bias, torch.zeros_like(module.generator.norm.bias))
     # the network's own layers follow the official init
     bn = m.stage2[0].branch2[1]

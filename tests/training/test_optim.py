@@ -13,11 +13,11 @@ def test_weight_decay_exemptions():
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     exempt = {names[id(p)] for p in no_decay["params"]}
     decayed = {names[id(p)] for p in decay["params"]}
-    assert any(n.endswith("head_a.bias") for n in exempt)  # generator logit biases
+    assert any(n.endswith("generator.head.bias") for n in exempt)  # generator logit biases
     assert any(n.endswith("shuffle.logits_a") for n in exempt)  # learned shuffle logits
     assert all(not n.endswith("bias") for n in decayed)
     assert all(p.ndim > 1 for p in decay["params"])
-    assert any(n.endswith("head_a.weight") for n in decayed)
+    assert any(n.endswith("generator.head.weight") for n in decayed)
     (everything,) = parameter_groups(model, 5e-4, exempt_norm_bias=False)
     assert len(everything["params"]) == len(names)
 

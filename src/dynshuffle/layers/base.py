@@ -17,6 +17,7 @@ training: `ShuffleSchedule` weighs the two.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as DF
+from .functional import _tables
 
 __all__ = ["ShuffleModule", "SHUFFLE_MODES", "RELAXATIONS", "shuffle_modules", "named_shuffle_modules",
            "has_shuffle_modules", "total_orthogonality_penalty", "total_diversity_reward", "check_mode",
@@ -77,53 +79,131 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
-class _StraightThroughShuffle(torch.autograd.Function):
-    """Exact permutation forward (a gather), softmax-matrix gradients backward.
+class _SoftmaxFactors(torch.autograd.Function):
+    """Flat scores -> the soft factors `A`, `B` (row softmax) and their orthogonality penalty, with a
+    hand-written backward.
 
-    Forward: `y = x[:, index]`. Backward, as if `y` had been computed by the matrix path with the one-hot
-    matrices: `dx` is the inverse gather of `dy`, and the matrix gradients reduce to Gram products of
-    `dy` with the saved output, `dA[i, k] = Σ dY[i, ·] Y[a⁻¹(k), ·]` (likewise B), so no matrix is built.
+    `scores`: `(N|1, D)`, A's scores then B's (`ShuffleModule.flat_scores`); `shape_a`, `shape_b`: the
+    factors' shapes (`(N|1, n, n)` shared, `(N|1, G, n, n)` per group). The penalty is
+    `mean ‖AAᵀ − I‖² + mean ‖BBᵀ − I‖²` (over samples and groups), computed from the Gram matrices that its
+    gradient `4 (AAᵀ − I) A` reuses. Autograd's own graph for the same math dispatches about twice as many
+    operators (docs/performance.md, "Operators per step").
     """
 
     @staticmethod
-    def forward(ctx, x, a_soft, b_soft, index, perm_a, perm_b, groups):
-        y = DF.permute_channels(x, index)
-        ctx.save_for_backward(y, index, perm_a, perm_b)
-        ctx.groups = groups
-        ctx.a_meta = (a_soft.shape, a_soft.dtype)
-        ctx.b_meta = (b_soft.shape, b_soft.dtype)
+    def forward(ctx, scores, shape_a, shape_b):
+        split = math.prod(shape_a[1:])
+        a = torch.softmax(scores[:, :split].view(shape_a), -1)
+        b = torch.softmax(scores[:, split:].view(shape_b), -1)
+        # Both Gram matrices in one buffer: one op subtracts both identities, one dot sums both penalties,
+        # and one op scales both in the backward.
+        size_a, size_b = a.numel(), b.numel()
+        gram = a.new_empty(size_a + size_b)
+        torch.matmul(a, a.mT, out=gram[:size_a].view(a.shape))
+        torch.matmul(b, b.mT, out=gram[size_a:].view(b.shape))
+        gram.sub_(_tables(_flat_identities)(shape_a, shape_b, gram.dtype, gram.device))
+        ctx.save_for_backward(a, b, gram)
+        ctx.count = math.prod(shape_a[:-2])
+        return a, b, torch.dot(gram, gram).div_(ctx.count)
+
+    @staticmethod
+    def backward(ctx, grad_a, grad_b, grad_penalty):
+        a, b, gram = ctx.saved_tensors
+        grad_a = torch.zeros_like(a) if grad_a is None else grad_a
+        grad_b = torch.zeros_like(b) if grad_b is None else grad_b
+        if grad_penalty is not None:
+            gram = gram * (grad_penalty * (4.0 / ctx.count))       # d‖G‖²/dA = 4 G A, G = AAᵀ − I
+            n1, n2 = a.shape[-1], b.shape[-1]
+            gram_a, gram_b = gram[:a.numel()].view(-1, n1, n1), gram[a.numel():].view(-1, n2, n2)
+            grad_a = torch.baddbmm(grad_a.reshape(-1, n1, n1), gram_a, a.view(-1, n1, n1)).view(a.shape)
+            grad_b = torch.baddbmm(grad_b.reshape(-1, n2, n2), gram_b, b.view(-1, n2, n2)).view(b.shape)
+        grad_sa = torch._softmax_backward_data(grad_a, a, -1, a.dtype)
+        grad_sb = torch._softmax_backward_data(grad_b, b, -1, b.dtype)
+        return torch.cat([grad_sa.reshape(a.shape[0], -1), grad_sb.reshape(b.shape[0], -1)], 1), None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_identities(shape_a, shape_b, dtype, device) -> Tensor:
+    """Identity matrices laid out as `_SoftmaxFactors`' Gram buffer: `prod(shape_a[:-2])` of size n1, then
+    as many of size n2."""
+    eye_a = torch.eye(shape_a[-1], dtype=dtype, device=device).expand(shape_a)
+    eye_b = torch.eye(shape_b[-1], dtype=dtype, device=device).expand(shape_b)
+    return torch.cat([eye_a.reshape(-1), eye_b.reshape(-1)])
+
+
+class _StraightThroughShuffle(torch.autograd.Function):
+    """Exact permutation forward, softmax-matrix gradients backward.
+
+    Forward: input channel `c` of sample `s` is written to row `inverse[s * C + c]` of the output's
+    `(N * C, H * W)` view (one scatter: the inverse index needs no second sort, `DF.factor_orders`).
+    Backward, as if `y` had been computed by the matrix path with the one-hot matrices: `dx` is a gather
+    of `dy` with the same index, and the matrix gradients reduce to Gram products of `dy` with the saved
+    output, `dA[i, k] = Σ dY[i, ·] Y[order_a[k], ·]` (likewise B), so no matrix is built.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a_soft, b_soft, inverse, order, groups):
+        n, c, h, w = x.shape
+        if _is_channels_last(x):  # scatter along the innermost (channel) axis of the NHWC view
+            rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+            channel = (inverse.view(n, c) - _sample_rows(n, c, x.device)).unsqueeze(1).expand(n, h * w, c)
+            y = torch.empty_like(rows).scatter_(2, channel, rows).view(n, h, w, c).permute(0, 3, 1, 2)
+            ctx.channel = channel
+        else:
+            y = x.new_empty(x.shape)
+            y.view(n * c, h * w).index_copy_(0, inverse, x.reshape(n * c, h * w))
+            ctx.channel = None
+        ctx.save_for_backward(y, inverse, order)
+        ctx.groups, ctx.n1 = groups, (0 if a_soft is None else a_soft.shape[-1])
+        ctx.a_shape = None if a_soft is None else a_soft.shape
+        ctx.b_shape = None if b_soft is None else b_soft.shape
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        y, index, perm_a, perm_b = ctx.saved_tensors
-        groups = ctx.groups
+        y, inverse, order = ctx.saved_tensors
+        groups, n1 = ctx.groups, ctx.n1
         n, c, h, w = y.shape
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = DF.permute_channels(grad_y, DF.invert_permutation(index))
+            if ctx.channel is not None:
+                rows = grad_y.permute(0, 2, 3, 1).reshape(n, h * w, c)
+                grad_x = torch.gather(rows, 2, ctx.channel).view(n, h, w, c).permute(0, 3, 1, 2)
+            else:
+                grad_x = grad_y.reshape(n * c, h * w).index_select(0, inverse).view(n, c, h, w)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            n1, n2 = perm_a.shape[-1], perm_b.shape[-1]
+            n2 = c // (groups * n1)
             dtype = torch.promote_types(grad_y.dtype, y.dtype)
             gy = grad_y.to(dtype).reshape(n, n1, n2, groups * h * w)
             yy = y.to(dtype).reshape(n, n1, n2, groups * h * w)
-            a_shape, a_dtype = ctx.a_meta
-            b_shape, b_dtype = ctx.b_meta
-            if perm_a.dim() == 2:  # one pair per sample, shared by the groups
-                gram_a = torch.bmm(gy.reshape(n, n1, -1), yy.reshape(n, n1, -1).transpose(1, 2))
-                gram_b = torch.bmm(gy.reshape(n * n1, n2, -1), yy.reshape(n * n1, n2, -1).transpose(1, 2))
+            order_a, order_b = order[..., :n1], order[..., n1:] - n1
+            if order.dim() == 2:  # one pair per sample, shared by the groups
+                gram_a = torch.bmm(gy.view(n, n1, -1), yy.view(n, n1, -1).transpose(1, 2))
+                gram_b = torch.bmm(gy.view(n * n1, n2, -1), yy.view(n * n1, n2, -1).transpose(1, 2))
                 gram_b = gram_b.view(n, n1, n2, n2).sum(1)
             else:
                 gy5 = gy.view(n, n1, n2, groups, h * w)
                 yy5 = yy.view(n, n1, n2, groups, h * w)
                 gram_a = torch.einsum("nijgs,nkjgs->ngik", gy5, yy5)
                 gram_b = torch.einsum("nijgs,nikgs->ngjk", gy5, yy5)
-            grad_a = gram_a.gather(-1, DF.invert_permutation(perm_a).unsqueeze(-2).expand_as(gram_a))
-            grad_b = gram_b.gather(-1, DF.invert_permutation(perm_b).unsqueeze(-2).expand_as(gram_b))
-            grad_a = grad_a.reshape(a_shape).to(a_dtype)
-            grad_b = grad_b.reshape(b_shape).to(b_dtype)
-        return grad_x, grad_a, grad_b, None, None, None, None
+            grad_a = gram_a.gather(-1, order_a.unsqueeze(-2).expand_as(gram_a))
+            grad_b = gram_b.gather(-1, order_b.unsqueeze(-2).expand_as(gram_b))
+            # A factor shared by the batch (a learned shuffle) gets the sum over the samples.
+            grad_a = _sum_to(grad_a, ctx.a_shape)
+            grad_b = _sum_to(grad_b, ctx.b_shape)
+        return grad_x, grad_a, grad_b, None, None, None
 
+
+def _sum_to(grad: Tensor, shape) -> Tensor:
+    return grad.sum(0, keepdim=True) if shape[0] == 1 and grad.shape[0] != 1 else grad.view(shape)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _sample_rows(n: int, c: int, device) -> Tensor:
+    return torch.arange(0, n * c, c, device=device).unsqueeze(1)
 
 
 class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
@@ -192,24 +272,40 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         self._noise = check_nonnegative("noise", value)
 
     @abc.abstractmethod
-    def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw logits of A and B for input `x`."""
+    def flat_logits(self, x: Tensor) -> Tensor:
+        """Raw logits for input `x`, flat: `(N|1, D)`, A's `(heads, n1, n1)` then B's `(heads, n2, n2)` per
+        row (heads = 1 when shared, G otherwise). One tensor, so the training path runs one op where two
+        factors would run two."""
 
     @abc.abstractmethod
     def fused(self) -> nn.Module:
         """The inference form of this module: a new module of its own type (this one is left as it is)."""
 
-    def scaled_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`logits(x) / temperature`, plus Gumbel noise of scale `noise` in training: the scores that both
-        the soft matrices and the binarization use."""
-        logits_a, logits_b = self.logits(x)
-        logits_a, logits_b = _as_float32(logits_a), _as_float32(logits_b)
+    def split_scores(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat scores `(N|1, D)` -> views `(N|1, heads, n1, n1)` and `(N|1, heads, n2, n2)`."""
+        heads = 1 if self.share else self.groups
+        split = heads * self.n1 * self.n1
+        # -1 rather than the batch size: an exported graph then needs no Shape/Gather/Concat per reshape.
+        return (scores[:, :split].view(-1, heads, self.n1, self.n1),
+                scores[:, split:].view(-1, heads, self.n2, self.n2))
+
+    def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw logits of A and B for input `x`: `(N|1, heads, n1, n1)`, `(N|1, heads, n2, n2)`."""
+        return self.split_scores(self.flat_logits(x))
+
+    def flat_scores(self, x: Tensor) -> Tensor:
+        """`flat_logits(x) / temperature`, plus Gumbel noise of scale `noise` in training: the scores that
+        both the soft matrices and the binarization use (flat, see `flat_logits`)."""
+        scores = _as_float32(self.flat_logits(x))
         if self.temperature != 1.0:
-            logits_a, logits_b = logits_a / self.temperature, logits_b / self.temperature
+            scores = scores / self.temperature
         if self.training and self.noise > 0:
-            logits_a = logits_a + self.noise * _gumbel_like(logits_a)
-            logits_b = logits_b + self.noise * _gumbel_like(logits_b)
-        return logits_a, logits_b
+            scores = scores + self.noise * _gumbel_like(scores)
+        return scores
+
+    def scaled_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`flat_scores(x)` as the two factors' score matrices (see `split_scores`)."""
+        return self.split_scores(self.flat_scores(x))
 
     def _squeeze_groups(self, m: Tensor) -> Tensor:
         # Indexing, not squeeze(1): an exported squeeze of a dimension of unknown size becomes an If node.
@@ -233,11 +329,23 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         `share=False`). Differentiable."""
         return self.soft_from_scores(*self.scaled_logits(x))
 
-    def record_penalties(self, a: Tensor, b: Tensor) -> None:
+    def soft_factors_and_penalty(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`soft_factors(x)` and their orthogonality penalty (see `record_penalties`), differentiable; with
+        the softmax relaxation in one autograd function (`_SoftmaxFactors`)."""
+        if self.relaxation != "softmax" or DF.is_tracing():
+            a, b = self.soft_factors(x)
+            return a, b, DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
+        scores = self.flat_scores(x)
+        lead = (scores.shape[0],) if self.share else (scores.shape[0], self.groups)
+        return _SoftmaxFactors.apply(scores, lead + (self.n1, self.n1), lead + (self.n2, self.n2))
+
+    def record_penalties(self, a: Tensor, b: Tensor, penalty: Tensor | None = None) -> None:
         """Keep the orthogonality penalty of the soft factors `a`, `b` (batch- and group-averaged, so that
-        shared and per-group modules are on the same scale) for the loss; subclasses with a diversity
-        reward record it here too."""
-        self.orthogonality_penalty = DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
+        shared and per-group modules are on the same scale; `penalty` when the caller computed it already)
+        for the loss; subclasses with a diversity reward record it here too."""
+        if penalty is None:
+            penalty = DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
+        self.orthogonality_penalty = penalty
         self.diversity_reward = None
 
     def index_from_scores(self, scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -257,14 +365,46 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
     def uses_soft_path(self) -> bool:
         return self.mode == "soft" or (self.mode == "auto" and self.training)
 
+    def _lean(self) -> bool:
+        """Whether the forward takes the launch-lean path: softmax relaxation, no claim rounds, not traced by
+        an exporter (which records the gather form, `DF.permute_channels`)."""
+        return self.relaxation == "softmax" and not self.binarize_rounds and not DF.is_tracing()
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.channels, type(self).__name__)
+        if not self._lean():
+            return self._forward_general(x)
+        if self.uses_soft_path():
+            a, b, penalty = self.soft_factors_and_penalty(x)
+            self.record_penalties(a, b, penalty)
+            y = DF.kron_shuffle(x, a, b, self.groups)
+            return y.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else y
+        learns = self.mode != "frozen" and self.training and torch.is_grad_enabled()
+        if learns:
+            # "ste": exact permutation forward, soft-matrix gradients backward, so the generator still learns
+            # (a bare gather gives it no gradient, and DDP then stops on parameters that received none).
+            a, b, penalty = self.soft_factors_and_penalty(x)
+            learns = a.requires_grad
+        if learns:
+            self.record_penalties(a, b, penalty)
+            order = DF.factor_orders(a, b)
+        else:
+            self.orthogonality_penalty = self.diversity_reward = None
+            with torch.no_grad():
+                order = DF.factor_orders(*(torch.softmax(s, -1) for s in self.split_scores(self.flat_scores(x))))
+            order = order[:, 0] if self.share else order
+            a = b = None
+        inverse = DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0])
+        return _StraightThroughShuffle.apply(x, a, b, inverse, order, self.groups)
+
+    def _forward_general(self, x: Tensor) -> Tensor:
+        """The forward for every option (Sinkhorn, claim rounds) and under exporters: factors, then a gather."""
         scores_a, scores_b = self.scaled_logits(x)
         if self.uses_soft_path():
             a, b = self.soft_from_scores(scores_a, scores_b)
             self.record_penalties(a, b)
             y = DF.kron_shuffle(x, a, b, self.groups)
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            if _is_channels_last(x):
                 y = y.contiguous(memory_format=torch.channels_last)
             return y
         index, perm_a, perm_b = self.index_from_scores(scores_a, scores_b)
@@ -272,15 +412,11 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         if self.mode == "frozen" or not (self.training and generator_needs_grad):
             self.orthogonality_penalty = self.diversity_reward = None
             return DF.permute_channels(x, index)
-        # "ste": exact permutation forward, soft-matrix gradients backward, so the generator still learns
-        # (a bare gather gives it no gradient, and DDP then stops on parameters that received none).
         a, b = self.soft_from_scores(scores_a, scores_b)
         self.record_penalties(a, b)
-        batch = x.shape[0]
-        a = a.expand(batch, *a.shape[1:])
-        b = b.expand(batch, *b.shape[1:])
-        index = index.expand(batch, -1)
-        return _StraightThroughShuffle.apply(x, a, b, index, perm_a, perm_b, self.groups)
+        order = torch.cat([DF.invert_permutation(perm_a), DF.invert_permutation(perm_b) + self.n1], -1)
+        inverse = DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0])
+        return _StraightThroughShuffle.apply(x, a, b, inverse, order, self.groups)
 
     @torch.no_grad()
     def permutation(self, x: Tensor) -> Tensor:

@@ -68,11 +68,11 @@ class DynamicShuffle(ShuffleModule):
                                           lambda n: initial_logit(n, initial_confidence, temperature), stats,
                                           head_init, activation)
 
-    def logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def flat_logits(self, x: Tensor) -> Tensor:
         return self.generator(x)
 
-    def record_penalties(self, a: Tensor, b: Tensor) -> None:
-        super().record_penalties(a, b)
+    def record_penalties(self, a: Tensor, b: Tensor, penalty: Tensor | None = None) -> None:
+        super().record_penalties(a, b, penalty)
         if self.diversity and a.shape[0] > 1:
             self.diversity_reward = self.diversity * (DF.batch_variance(a) + DF.batch_variance(b))
 

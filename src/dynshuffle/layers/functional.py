@@ -32,6 +32,8 @@ __all__ = [
     "binarize_pair",
     "compose_ranks",
     "ranked_columns",
+    "factor_orders",
+    "inverse_composed_index",
     "row_argmax",
     "permute_channels",
     "invert_permutation",
@@ -223,6 +225,68 @@ def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None) -> Tensor:
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
     order = key.topk(k, dim=-1, largest=False).indices
     return order.topk(k, dim=-1, largest=False).indices
+
+
+def factor_orders(a: Tensor, b: Tensor) -> Tensor:
+    """The rows of `a` and of `b` in the order `binarize_pair` ranks them: `(..., n1 + n2)`, A's rows sorted by
+    (argmax column, descending confidence, row), then B's rows sorted the same way and offset by n1.
+
+    `a`, `b`: row-stochastic matrices `(..., n1, n1)`, `(..., n2, n2)` (the softmax of the scores), so the
+    confidence is each row's largest entry. The order is the inverse of the permutation: row `order[r]`
+    gets column `r`, and `invert_permutation(order) == binarize_pair(scores_a, scores_b)` (concatenated,
+    B offset by n1). Consumers that can use the order directly (`inverse_composed_index`) skip the second
+    sort. Eight ops for both factors: two max reductions written into one buffer, the key, one stable sort.
+    """
+    n1, n2 = a.shape[-1], b.shape[-1]
+    lead = a.shape[:-2]
+    if torch.compiler.is_compiling():  # dynamo takes no out= views; the compiled graph fuses the concatenation
+        (conf_a, col_a), (conf_b, col_b) = a.detach().max(-1), b.detach().max(-1)
+        conf, col = torch.cat([conf_a, conf_b], -1), torch.cat([col_a, col_b], -1)
+    else:  # both reductions write into one buffer: no concatenation
+        conf = a.new_empty(*lead, n1 + n2)
+        col = torch.empty(*lead, n1 + n2, dtype=torch.long, device=a.device)
+        torch.max(a.detach(), -1, out=(conf[..., :n1], col[..., :n1]))
+        torch.max(b.detach(), -1, out=(conf[..., n1:], col[..., n1:]))
+    # A diverged generator gives NaN rows: confidence 0 keeps their key finite, so B's rows stay behind A's.
+    conf = conf.nan_to_num_(0.0)
+    # The key of `ranked_columns` without its row term (the sort is stable): 4096 x (column, B's offset by
+    # n1) minus the confidence quantised to 1/4095; an exact integer in float32 for n1 + n2 < 4096.
+    doubt = torch.round(conf.mul_(-4095.0))
+    key = torch.add(doubt, col, alpha=4096).add_(_tables(_factor_offsets)(n1, n2, conf.dtype, a.device))
+    return torch.sort(key, dim=-1, stable=True).indices
+
+
+@functools.lru_cache(maxsize=64)
+def _factor_offsets(n1: int, n2: int, dtype, device) -> Tensor:
+    return torch.tensor([0.0] * n1 + [4096.0 * n1] * n2, dtype=dtype, device=device)
+
+
+def inverse_composed_index(order: Tensor, n1: int, n2: int, groups: int, batch: int) -> Tensor:
+    """Where each input channel goes: `(batch * C,)` flat row indices of the `(N * C, H * W)` view, the
+    inverse of `compose_permutation` for the rows sorted by `factor_orders` (`order`: `(N|1, n1 + n2)`, or
+    `(N|1, G, n1 + n2)` with one pair per group). Input channel `g * n + a * n2 + b` of sample `s` goes to
+    output channel `(order_a[a] * n2 + order_b[b]) * G + g`, row `s * C` of that view. Three ops: one
+    gather from a constant table and two scaled adds; a batch-1 order broadcasts over `batch`.
+    """
+    k = n1 + n2
+    stride = k if order.dim() == 3 else 0
+    table, base = _tables(_inverse_tables)(n1, n2, groups, stride, batch, order.device)
+    picked = order.flatten(1).index_select(1, table)             # (N|1, 2C): order_a[a], then order_b[b] + n1
+    c = n1 * n2 * groups
+    out = torch.add(base, picked[:, :c], alpha=n2 * groups)
+    return out.add_(picked[:, c:], alpha=groups).view(-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _inverse_tables(n1: int, n2: int, groups: int, stride: int, batch: int, device) -> tuple[Tensor, Tensor]:
+    """`inverse_composed_index`'s tables: for input channel `c = g * n + a * n2 + b`, where to read A's and
+    B's order (`g * stride + a`, `g * stride + n1 + b`), and the base `s * C + g - G * n1` per sample `s`
+    (which also removes B's offset)."""
+    n = n1 * n2
+    ins = [(c // n, (c % n) // n2, c % n2) for c in range(n * groups)]
+    take = [g * stride + a for g, a, _ in ins] + [g * stride + n1 + b for g, _, b in ins]
+    base = [[s * n * groups + g - groups * n1 for g, _, _ in ins] for s in range(batch)]
+    return torch.tensor(take, device=device), torch.tensor(base, device=device)
 
 
 @functools.lru_cache(maxsize=64)

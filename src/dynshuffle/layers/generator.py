@@ -2,7 +2,7 @@
 inference form.
 
 Shaped like squeeze-and-excitation (docs/design.md §2): a linear layer to width `hidden`, BatchNorm, an
-activation, then one head per factor; `default_hidden` sizes the width.
+activation, then one head writing the logits of both factors; `default_hidden` sizes the width.
 """
 from __future__ import annotations
 
@@ -95,15 +95,17 @@ class ShuffleGenerator(nn.Module):
         self.n1, self.n2, self.heads, self.stats = n1, n2, heads, stats
         self.reduce = nn.Linear(channels * (2 if stats == "mean_std" else 1), hidden, bias=False)
         self.norm = nn.BatchNorm1d(hidden)
-        self.head_a = nn.Linear(hidden, heads * n1 * n1)
-        self.head_b = nn.Linear(hidden, heads * n2 * n2)
+        # One head writes both factors' logits (A's heads x n1 x n1, then B's heads x n2 x n2): one GEMM
+        # forward and two backward, where a head per factor would run two and four.
+        self.head = nn.Linear(hidden, heads * (n1 * n1 + n2 * n2))
         nn.init.kaiming_normal_(self.reduce.weight, nonlinearity="relu")
-        for head, k in ((self.head_a, n1), (self.head_b, n2)):
-            nn.init.normal_(head.weight, std=head_init) if head_init else nn.init.zeros_(head.weight)
-            with torch.no_grad():
-                head.bias.copy_(torch.eye(k).mul(diagonal_logit(k)).repeat(heads, 1, 1).reshape(-1))
+        nn.init.normal_(self.head.weight, std=head_init) if head_init else nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.cat([torch.eye(k).mul(diagonal_logit(k)).repeat(heads, 1, 1).reshape(-1)
+                                            for k in (n1, n2)]))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tensor:
+        """Flat logits `(N, heads * (n1² + n2²))`: A's, then B's (`ShuffleModule.flat_logits`)."""
         z = self.reduce(pooled_stats(x, self.stats))
         if self.training and z.shape[0] == 1:
             # Batch statistics of a single sample are undefined: normalise with the running ones.
@@ -111,10 +113,7 @@ class ShuffleGenerator(nn.Module):
                              self.norm.bias, training=False, eps=self.norm.eps)
         else:
             z = self.norm(z)
-        h = GENERATOR_ACTIVATIONS[self.activation](z)
-        # -1 rather than the batch size: an exported graph then needs no Shape/Gather/Concat per reshape.
-        return (self.head_a(h).view(-1, self.heads, self.n1, self.n1),
-                self.head_b(h).view(-1, self.heads, self.n2, self.n2))
+        return self.head(GENERATOR_ACTIVATIONS[self.activation](z))
 
     @torch.no_grad()
     def fused(self, temperature: float) -> FusedShuffleGenerator:
@@ -125,13 +124,14 @@ class ShuffleGenerator(nn.Module):
         reduce.weight.copy_(self.reduce.weight * scale[:, None])
         reduce.bias.copy_(self.norm.bias - self.norm.running_mean * scale)
         n1, n2, heads, k = self.n1, self.n2, self.heads, self.n1 + self.n2
-        weight = self.head_a.weight.new_zeros(heads, k, k, self.head_a.in_features)
-        bias = self.head_a.bias.new_full((heads, k, k), -1e9)
-        weight[:, :n1, :n1] = self.head_a.weight.view(heads, n1, n1, -1) / temperature
-        weight[:, n1:, n1:] = self.head_b.weight.view(heads, n2, n2, -1) / temperature
-        bias[:, :n1, :n1] = self.head_a.bias.view(heads, n1, n1) / temperature
-        bias[:, n1:, n1:] = self.head_b.bias.view(heads, n2, n2) / temperature
-        head = nn.Linear(self.head_a.in_features, heads * k * k).to(self.head_a.weight)
+        split, hidden = heads * n1 * n1, self.head.in_features
+        weight = self.head.weight.new_zeros(heads, k, k, hidden)
+        bias = self.head.bias.new_full((heads, k, k), -1e9)
+        weight[:, :n1, :n1] = self.head.weight[:split].view(heads, n1, n1, -1) / temperature
+        weight[:, n1:, n1:] = self.head.weight[split:].view(heads, n2, n2, -1) / temperature
+        bias[:, :n1, :n1] = self.head.bias[:split].view(heads, n1, n1) / temperature
+        bias[:, n1:, n1:] = self.head.bias[split:].view(heads, n2, n2) / temperature
+        head = nn.Linear(hidden, heads * k * k).to(self.head.weight)
         head.weight.copy_(weight.view(heads * k * k, -1))
         head.bias.copy_(bias.view(-1))
         return FusedShuffleGenerator(reduce, head, n1, n2, heads, self.stats, self.activation).eval()

@@ -73,8 +73,8 @@ class StaticDynamicShuffle(nn.Module):
         # After fuse_for_inference the dynamic part is a FusedDynamicShuffle: the exact path only.
         if isinstance(dyn, ShuffleModule) and dyn.uses_soft_path() and self.mixing_impl == "factored":
             # The soft dynamic part and the mixing share their two matrix products.
-            a, b = dyn.soft_factors(x)
-            dyn.record_penalties(a, b)
+            a, b, penalty = dyn.soft_factors_and_penalty(x)
+            dyn.record_penalties(a, b, penalty)
             y = DF.kron_apply_sum(x, a, b, self.mixing_u.unsqueeze(0), self.mixing_v.unsqueeze(0), self.groups)
         else:
             y = self._mixing(x)
