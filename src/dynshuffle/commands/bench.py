@@ -1,4 +1,5 @@
-"""`dynshuffle bench`: the layer and model benchmarks in one report (bench.md, bench.json).
+"""`dynshuffle bench`: the layer and model benchmarks and the operator counts in one report (bench.md,
+bench.json).
 
 Every figure is a ratio to a baseline timed alternately with it in the same run (layers: to
 nn.ChannelShuffle and to the 1x1 convolution; models: to the fixed-shuffle model), because absolute
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     # --quick: one small stage shape at the target batch (so its rows are judged), the quick model setup.
     layer_kwargs = {"stems": ("cifar",), "batches": (TARGET_BATCH,)} if args.quick else {}
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    tables: dict[str, dict[str, list]] = {"layers": {}, "models": {}}
+    tables: dict[str, dict[str, list] | list] = {"layers": {}, "models": {}}
     markdown: list[str] = []
     for label, compiled in variants:
         rows = _judged_at_own_batch(B.run_layer_benchmark(device=str(device), compile=compiled, quick=args.quick,
@@ -100,6 +101,16 @@ def run(args: argparse.Namespace) -> int:
             markdown += [f"## Models ({label})", "",
                          "Ratio = variant / the fixed-shuffle (static) model, timed alternately in this run.", "",
                          B.format_model_rows(model_rows, markdown=True), ""]
+
+    from dynshuffle.profiling.operators import format_operator_rows, operator_report
+
+    operator_rows = operator_report()
+    tables["operators"] = [r.as_dict() for r in operator_rows]
+    markdown += ["## Operators per step (CPU)", "",
+                 "Kernel-launching operators dispatched per train step (forward, loss, backward) and per eval "
+                 "forward, ShuffleNetV2 0.5x, CIFAR stem, batch 8; ratio to the fixed model; per module = the "
+                 "excess per shuffle module. The host-side cost that bounds a small model's GPU step "
+                 "(docs/performance.md).", "", format_operator_rows(operator_rows, markdown=True), ""]
 
     machine = _machine(device)
     header = [f"# dynshuffle bench ({started})", "",

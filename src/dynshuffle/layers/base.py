@@ -112,11 +112,11 @@ class _SoftmaxFactors(torch.autograd.Function):
         grad_a = torch.zeros_like(a) if grad_a is None else grad_a
         grad_b = torch.zeros_like(b) if grad_b is None else grad_b
         if grad_penalty is not None:
-            gram = gram * (grad_penalty * (4.0 / ctx.count))       # d‖G‖²/dA = 4 G A, G = AAᵀ − I
-            n1, n2 = a.shape[-1], b.shape[-1]
+            gram = gram * grad_penalty        # d‖G‖²/dA = 4 G A for G = AAᵀ − I; the 4 / count goes in alpha
+            n1, n2, scale = a.shape[-1], b.shape[-1], 4.0 / ctx.count
             gram_a, gram_b = gram[:a.numel()].view(-1, n1, n1), gram[a.numel():].view(-1, n2, n2)
-            grad_a = torch.baddbmm(grad_a.reshape(-1, n1, n1), gram_a, a.view(-1, n1, n1)).view(a.shape)
-            grad_b = torch.baddbmm(grad_b.reshape(-1, n2, n2), gram_b, b.view(-1, n2, n2)).view(b.shape)
+            grad_a = torch.baddbmm(grad_a.reshape(-1, n1, n1), gram_a, a.view(-1, n1, n1), alpha=scale).view(a.shape)
+            grad_b = torch.baddbmm(grad_b.reshape(-1, n2, n2), gram_b, b.view(-1, n2, n2), alpha=scale).view(b.shape)
         grad_sa = torch._softmax_backward_data(grad_a, a, -1, a.dtype)
         grad_sb = torch._softmax_backward_data(grad_b, b, -1, b.dtype)
         return torch.cat([grad_sa.reshape(a.shape[0], -1), grad_sb.reshape(b.shape[0], -1)], 1), None, None

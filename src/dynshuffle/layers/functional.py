@@ -113,9 +113,11 @@ def kron_shuffle(x: Tensor, a: Tensor, b: Tensor, groups: int) -> Tensor:
         # Step 2 first: one pair shared by the groups commutes with the cross-group shuffle. Shuffling the
         # input once lets both products run on contiguous (n1, n2 * G * S) / (n2, G * S) blocks that land
         # directly in the output's order (the fastest formulation in benchmarks/bench_kron_variants.py).
+        # Views (flatten / view), not indexing: a selected factor costs a select_backward in training.
+        a3, b3 = a4.flatten(0, 1), b4.flatten(0, 1)
         xs = x.reshape(n, groups, c // groups, s).transpose(1, 2).reshape(n, n1, n2 * groups * s)
-        t = torch.matmul(a4[:, 0], xs)                                          # A over the n1 axis
-        y = torch.matmul(b4[:, 0].unsqueeze(1), t.view(n, n1, n2, groups * s))  # B over the n2 axis
+        t = torch.matmul(a3, xs)                                                # A over the n1 axis
+        y = torch.matmul(b3.view(-1, 1, n2, n2), t.view(n, n1, n2, groups * s))  # B over the n2 axis
         return y.reshape(n, c, h, w)
     z = x.reshape(n, groups, n1, n2 * s)
     t = torch.matmul(a4, z).view(n, groups, n1, n2, s)                  # step 1: A over n1, per group
