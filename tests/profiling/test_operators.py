@@ -53,5 +53,7 @@ def test_launch_lean_layers_stay_within_their_operator_budgets(report):
     module's excess per step stays at what the launch-lean paths measured."""
     assert report["learned", "eval"].operators == report["static", "eval"].operators
     assert report["dynamic", "eval"].per_module <= 18
+    assert report["dynamic", "eval fused"].per_module <= 14
+    assert report["learned", "eval fused"].operators == report["static", "eval"].operators
     assert report["dynamic", "train ste"].per_module <= 46
     assert report["dynamic", "train soft"].per_module <= 37

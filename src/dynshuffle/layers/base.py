@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from . import functional as DF
 from .functional import _tables
 
-__all__ = ["ShuffleModule", "SHUFFLE_MODES", "RELAXATIONS", "shuffle_modules", "named_shuffle_modules",
+__all__ = ["ShuffleModule", "scatter_channels", "SHUFFLE_MODES", "RELAXATIONS", "shuffle_modules", "named_shuffle_modules",
            "has_shuffle_modules", "total_orthogonality_penalty", "total_diversity_reward", "check_mode",
            "check_input", "initial_logit"]
 
@@ -192,6 +192,13 @@ class _StraightThroughShuffle(torch.autograd.Function):
             grad_a = _sum_to(grad_a, ctx.a_shape)
             grad_b = _sum_to(grad_b, ctx.b_shape)
         return grad_x, grad_a, grad_b, None, None, None
+
+
+def scatter_channels(x: Tensor, inverse: Tensor, order: Tensor, groups: int) -> Tensor:
+    """The exact permutation applied by scattering: input channel `c` of sample `s` to row `inverse[s * C + c]`
+    of the output's `(N * C, H * W)` view (`DF.inverse_composed_index`); differentiable in `x` (a gather
+    backward), no gradient to the factors."""
+    return _StraightThroughShuffle.apply(x, None, None, inverse, order, groups)
 
 
 def _sum_to(grad: Tensor, shape) -> Tensor:

@@ -33,6 +33,7 @@ __all__ = [
     "compose_ranks",
     "ranked_columns",
     "factor_orders",
+    "block_orders",
     "inverse_composed_index",
     "row_argmax",
     "permute_channels",
@@ -249,12 +250,25 @@ def factor_orders(a: Tensor, b: Tensor) -> Tensor:
         col = torch.empty(*lead, n1 + n2, dtype=torch.long, device=a.device)
         torch.max(a.detach(), -1, out=(conf[..., :n1], col[..., :n1]))
         torch.max(b.detach(), -1, out=(conf[..., n1:], col[..., n1:]))
+    return _sorted_rows(conf, col, _tables(_factor_offsets)(n1, n2, conf.dtype, a.device))
+
+
+def block_orders(p: Tensor) -> Tensor:
+    """`factor_orders` of the block-diagonal soft matrix `p = diag(A, B)` `(..., n1 + n2, n1 + n2)` (what a
+    fused generator's scores give, `FusedShuffleGenerator`): its argmax columns are already offset for B."""
+    conf, col = p.detach().max(-1)
+    return _sorted_rows(conf, col)
+
+
+def _sorted_rows(conf: Tensor, col: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """The rows sorted by (column + offset, descending confidence, row): `ranked_columns`' order."""
     # A diverged generator gives NaN rows: confidence 0 keeps their key finite, so B's rows stay behind A's.
-    conf = conf.nan_to_num_(0.0)
+    conf = conf.nan_to_num(0.0)
     # The key of `ranked_columns` without its row term (the sort is stable): 4096 x (column, B's offset by
     # n1) minus the confidence quantised to 1/4095; an exact integer in float32 for n1 + n2 < 4096.
-    doubt = torch.round(conf.mul_(-4095.0))
-    key = torch.add(doubt, col, alpha=4096).add_(_tables(_factor_offsets)(n1, n2, conf.dtype, a.device))
+    key = torch.add(torch.round(conf.mul_(-4095.0)), col, alpha=4096)
+    if offsets is not None:
+        key = key.add_(offsets)
     return torch.sort(key, dim=-1, stable=True).indices
 
 

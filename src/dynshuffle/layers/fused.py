@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as DF
-from .base import ShuffleModule, check_input
+from .base import ShuffleModule, check_input, scatter_channels
 from .generator import FusedShuffleGenerator
 
 __all__ = ["FusedShuffle", "FusedDynamicShuffle", "FusedLearnedShuffle", "fuse_for_inference"]
@@ -61,6 +61,18 @@ class FusedDynamicShuffle(FusedShuffle):
     def exact_index(self, x: Tensor) -> Tensor:
         ranks = DF.ranked_columns(*DF.row_argmax(self.generator(x)), self.n1 + self.n2)
         return DF.compose_ranks(ranks, self.n1, self.n2, self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if DF.is_tracing():  # exported: the gather form (an ONNX TopK is not stable, `block_orders` needs it)
+            return super().forward(x)
+        check_input(x, self.channels, type(self).__name__)
+        if self.training:
+            return super().forward(x)  # raises the "inference only" error
+        # Eager and compiled: one stable sort gives the rows' order, and the input channels are scattered to
+        # their places (docs/performance.md, "Operators per step"): the same permutation in fewer operators.
+        order = DF.block_orders(torch.softmax(self.generator(x), -1))
+        inverse = DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0])
+        return scatter_channels(x, inverse, order, self.groups)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", factors=({self.n1}, {self.n2})"

@@ -1,5 +1,5 @@
 """Operators per step: how many kernel-launching operators a model dispatches per training step and per
-eval forward, as ratios to the fixed-shuffle model.
+eval forward (also of its inference form, `fuse_for_inference`), as ratios to the fixed-shuffle model.
 
 On a GPU a small CNN's eager step is bound by kernel launches, not arithmetic: every operator costs a few
 microseconds of host time whatever its size. The number of operators a step dispatches is the CPU-side,
@@ -16,6 +16,7 @@ tables are built outside it.
 from __future__ import annotations
 
 import collections
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -24,6 +25,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dynshuffle.layers.base import named_shuffle_modules, total_orthogonality_penalty
+from dynshuffle.layers.fused import fuse_for_inference
 from dynshuffle.layers.modes import set_shuffle_mode
 from dynshuffle.models.registry import create_model
 
@@ -45,7 +47,7 @@ OPERATOR_VARIANTS: dict[str, dict] = {
 # (variant, step) -> the ratio to the fixed model that the launch-lean layers are designed to stay under.
 OPERATOR_TARGETS = {("dynamic", "train ste"): 2.0, ("dynamic", "train soft"): 2.0, ("dynamic", "eval"): 1.8,
                     ("learned", "eval"): 1.1}
-STEPS = ("train ste", "train soft", "eval")
+STEPS = ("train ste", "train soft", "eval", "eval fused")
 
 
 class _OperatorCounter(TorchDispatchMode):
@@ -132,6 +134,9 @@ def operator_report(model: str = "shufflenet_v2_x0_5", stem: str = "cifar", inpu
         for step in STEPS:
             if step == "eval":
                 counts[variant, step] = count_operators(_eval_forward(net.eval(), x))
+            elif step == "eval fused":  # the inference form (`fuse_for_inference`), what deployment runs
+                fused = fuse_for_inference(copy.deepcopy(net))
+                counts[variant, step] = count_operators(_eval_forward(fused, x))
             else:
                 set_shuffle_mode(net, "ste" if step == "train ste" else "soft")
                 counts[variant, step] = count_operators(_train_step(net.train(), x, y))
@@ -139,13 +144,14 @@ def operator_report(model: str = "shufflenet_v2_x0_5", stem: str = "cifar", inpu
     rows = []
     for variant in variants:
         for step in STEPS:
-            if variant == "static" and step == "train soft":
-                continue  # no shuffle module: the same step as "train ste"
+            if variant == "static" and step in ("train soft", "eval fused"):
+                continue  # no shuffle module: the same step as "train ste" / "eval"
             extra = counts[variant, step].copy()
-            extra.subtract(counts["static", step])
+            baseline = counts["static", "eval" if step == "eval fused" else step]
+            extra.subtract(baseline)
             top = ", ".join(f"{name} {n:+d}" for name, n in extra.most_common(6) if n > 0)
             rows.append(OperatorRow(model, variant, step, sum(counts[variant, step].values()),
-                                    sum(counts["static", step].values()), modules[variant], top,
+                                    sum(baseline.values()), modules[variant], top,
                                     OPERATOR_TARGETS.get((variant, step))))
     return rows
 
