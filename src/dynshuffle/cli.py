@@ -21,6 +21,7 @@ COMMANDS = {
     "show": "pictures of the generated permutations of a checkpoint",
     "bench": "layer and model benchmarks, ratios to baselines measured in the same run",
     "models": "list the registered model names",
+    "datasets": "list the registered datasets: classes, image size and where the data is found",
 }
 
 
