@@ -124,13 +124,17 @@ def test_download_flag_and_existing_run_message(tmp_path, capsys):
     assert "already holds a run" in (err := capsys.readouterr().err) and "--overwrite" in err
 
 
-def test_missing_cifar_data_names_the_flag_and_the_argument(tmp_path):
+def test_errors_name_python_arguments_in_python_and_flags_on_the_command_line(tmp_path):
     from dynshuffle.data.errors import DataError
     from dynshuffle.data.registry import build_datasets
+    from dynshuffle.utils import command_line_names
 
     with pytest.raises(DataError) as err:
         build_datasets("cifar10", root=tmp_path)
-    assert "--download" in str(err.value) and "download=True" in str(err.value)
+    assert "download=True" in str(err.value) and "--download" not in str(err.value)
+    with command_line_names(), pytest.raises(DataError) as err:  # as `dynshuffle train` runs it
+        build_datasets("cifar10", root=tmp_path)
+    assert "--download" in str(err.value) and "download=True" not in str(err.value)
 
 
 def test_bench_kron_variants_help_exits_without_benchmarking():

@@ -38,7 +38,7 @@ from dynshuffle.layers.fused import fuse_for_inference
 from dynshuffle.layers.modes import deploy_mode
 from dynshuffle.models.blocks import STEM_INPUT_SIZE
 from dynshuffle.profiling.timing import device_of, time_pair
-from dynshuffle.utils import atomic_path
+from dynshuffle.utils import arg, atomic_path
 
 __all__ = ["export_onnx", "export_onnx_report", "verify_onnx", "benchmark_onnx", "ExportError",
            "ExportResult", "DEFAULT_OPSET", "check_out_path", "data_metadata"]
@@ -83,7 +83,7 @@ def check_out_path(out_path: str | os.PathLike, force: bool) -> Path:
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; give the path of the .onnx file to write")
     if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite it")
+        raise FileExistsError(f"{out} already exists; pass {arg('force=True', '--force')} to overwrite it")
     return out
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynshuffle.utils import atomic_open, atomic_write_text, read_csv
+from dynshuffle.utils import arg, atomic_open, atomic_write_text, read_csv
 
 from .stats import matrices_for_inputs, pairwise_agreement, permutation_stats, require_layers
 
@@ -378,7 +378,7 @@ def render_report(model, images: torch.Tensor, labels: torch.Tensor, out_dir: st
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise NotADirectoryError(f"{arg('out_dir', '--out')} {out} exists and is not a folder")
     all_layers = list(require_layers(model))
     if layers:
         selected = [name for name in all_layers if any(fnmatch.fnmatchcase(name, pat) for pat in layers)]
@@ -392,7 +392,7 @@ def render_report(model, images: torch.Tensor, labels: torch.Tensor, out_dir: st
     existing = [n for n in names if (out / n).exists()]
     if existing and not force:
         shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
-        raise FileExistsError(f"{out} already holds {shown}; pass --force (force=True) to overwrite")
+        raise FileExistsError(f"{out} already holds {shown}; pass {arg('force=True', '--force')} to overwrite")
     if not 1 <= n_inputs <= images.shape[0]:
         raise ValueError(f"n_inputs must be between 1 and the number of images ({images.shape[0]}), got {n_inputs}")
     out.mkdir(parents=True, exist_ok=True)

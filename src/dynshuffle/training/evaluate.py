@@ -23,6 +23,7 @@ from dynshuffle.layers.dynamic import DynamicShuffle
 from dynshuffle.layers.modes import deploy_mode, shuffle_mode
 from dynshuffle.profiling.counting import count_macs, count_params
 from dynshuffle.profiling.timing import median_time
+from dynshuffle.utils import arg
 
 from . import distributed as D
 
@@ -157,14 +158,14 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, data_root:
     Returns {"checkpoint", "dataset", "split", "epoch", "hard": {...}, "soft": {...} or None, "params", "macs"}.
     """
     if split not in ("val", "train"):
-        raise ValueError(f"--split must be 'val' or 'train', got {split!r}")
+        raise ValueError(f"{arg('split', '--split')} must be 'val' or 'train', got {split!r}")
     dev = D.resolve_device(device)
     model, meta = build_model_from_checkpoint(path, dev)
     train_cfg = meta.get("config") or {}
     data_cfg = train_cfg.get("data", {})
     name = data or data_cfg.get("name")
     if not name:
-        raise ValueError(f"{path}: the checkpoint does not name its dataset; pass --dataset")
+        raise ValueError(f"{path}: the checkpoint does not name its dataset; pass {arg('data=NAME', '--dataset NAME')}")
     root = data_root if data_root is not None else data_cfg.get("root")
     spec = get_dataset_spec(name)
     train_set, val_set = build_datasets(name, root=root)
