@@ -1,6 +1,7 @@
 """The documentation (README.md, docs/*.md): its commands run as written: every `dynshuffle ...` line of a ```bash block
 parses, and the fast ones (help, models, profile, a smoke-test digits train, eval, export, show) run in a
-temporary folder. Also the CLI's small promises: --version, one-line errors, file modes."""
+temporary folder; the Python examples that start processes carry a main guard and run as scripts, as does the
+README's layer example. Also the CLI's small promises: --version, one-line errors, file modes."""
 from __future__ import annotations
 
 import os
@@ -141,3 +142,41 @@ def test_bench_kron_variants_help_exits_without_benchmarking():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kron_variants.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout and "ratio" not in proc.stdout
+
+
+# ---------------------------------------------------------------------------------- Python examples
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(file name, code) of every ```python block of the docs."""
+    return [(path.name, code) for path in DOCS for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S)]
+
+
+def _starts_processes(code: str) -> bool:
+    return "compare(" in code
+
+
+def scripts() -> list[tuple[str, str]]:
+    """The examples the docs test runs as scripts: those that start processes, and the README's layer example."""
+    return [(name, code) for name, code in python_blocks()
+            if _starts_processes(code) or (name == "README.md" and "fuse_for_inference(block)" in code)]
+
+
+def test_examples_that_start_processes_have_a_main_guard():
+    starting = [(name, code) for name, code in python_blocks() if _starts_processes(code)]
+    assert starting  # training.md's compare example
+    for name, code in starting:
+        assert 'if __name__ == "__main__":' in code, f"{name}: spawned workers re-import the script"
+
+
+@pytest.mark.parametrize("name,code", scripts(), ids=lambda v: v if v.endswith(".md") else None)
+def test_examples_run_as_scripts(name, code, tmp_path):
+    import dynshuffle
+
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(Path(dynshuffle.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{name}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
