@@ -1,7 +1,8 @@
 """The documentation (README.md, docs/*.md): its commands run as written: every `dynshuffle ...` line of a ```bash block
 parses, and the fast ones (help, models, profile, a smoke-test digits train, eval, export, show) run in a
 temporary folder; the Python examples that start processes carry a main guard and run as scripts, as does the
-README's layer example. Also the CLI's small promises: --version, one-line errors, file modes."""
+README's layer example. The figures the docs quote from `compare` equal the results files they name. Also the
+CLI's small promises: --version, one-line errors, file modes."""
 from __future__ import annotations
 
 import os
@@ -180,3 +181,80 @@ def test_examples_run_as_scripts(name, code, tmp_path):
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"{name}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+# ---------------------------------------------------------------------------------- quoted results
+
+RESULTS_FILE = re.compile(r"`(docs/results/[^`]+/compare\.md)`")
+FIGURE = re.compile(r"(\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?)")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _tables(text: str) -> list[tuple[str, list[list[str]]]]:
+    """(the paragraph before the table, its rows of cells without the |---| line) of every markdown table."""
+    found, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"\s*\|[-:| ]+\|\s*$", lines[i + 1]):
+            j = i
+            while j < len(lines) and lines[j].lstrip().startswith("|"):
+                j += 1
+            k = i - 1
+            while k >= 0 and not lines[k].strip():
+                k -= 1
+            start = k
+            while start > 0 and lines[start - 1].strip():
+                start -= 1
+            before = " ".join(lines[start:k + 1]) if k >= 0 else ""
+            found.append((before, [_cells(lines[i])] + [_cells(x) for x in lines[i + 2:j]]))
+            i = j
+        else:
+            i += 1
+    return found
+
+
+def quoted_tables() -> list[tuple[str, str, list[list[str]]]]:
+    """(doc, results file, rows) of every table whose introducing paragraph ends with a colon and names a
+    `docs/results/.../compare.md` file: a table quoted from that file."""
+    out = []
+    for path in DOCS:
+        for before, rows in _tables(path.read_text()):
+            named = RESULTS_FILE.findall(before)
+            if named and before.rstrip().endswith(":"):
+                out.append((path.name, named[-1], rows))
+    return out
+
+
+def test_quoted_tables_equal_the_results_files_they_name():
+    quotes = quoted_tables()
+    assert {doc for doc, _, _ in quotes} >= {"training.md", "method.md"}
+    for doc, results, rows in quotes:
+        (table,) = [t for _, t in _tables((ROOT / results).read_text())]
+        header = table[0]
+        assert set(rows[0]) <= set(header), f"{doc}: columns not in {results}"
+        by_variant = {r[0]: dict(zip(header, r)) for r in table[1:]}
+        assert [r[0] for r in rows[1:]] == [r[0] for r in table[1:]], f"{doc}: rows of {results}"
+        for row in rows[1:]:
+            assert dict(zip(rows[0], row)) == {c: by_variant[row[0]][c] for c in rows[0]}, f"{doc} quotes {results}"
+
+
+def test_figures_in_sentences_come_from_the_results_files_they_name():
+    """A paragraph (or list item) that names a results file quotes its 'mean ± std' figures, rounded or not."""
+    checked = 0
+    for path in DOCS:
+        for paragraph in re.split(r"\n\s*\n|\n(?=\s*[-*] )", path.read_text()):
+            if paragraph.lstrip().startswith("|"):
+                continue
+            named = sorted(set(RESULTS_FILE.findall(paragraph)))
+            if not named:
+                continue
+            available = [f for results in named for f in FIGURE.findall((ROOT / results).read_text())]
+            for mean, std in FIGURE.findall(paragraph):
+                decimals = len(mean.partition(".")[2])
+                assert any(f"{float(m):.{decimals}f}" == mean and f"{float(s):.{decimals}f}" == std
+                           for m, s in available), f"{path.name}: {mean} ± {std} is not in {', '.join(named)}"
+                checked += 1
+    assert checked >= 4  # the README's digits sentences
