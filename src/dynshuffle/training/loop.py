@@ -194,10 +194,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
             print(note, file=sys.stderr, flush=True)
         if mode == "auto" and state is None and ctx.is_main:
             print(f"resume: no training state in {run_dir} yet (--resume auto); starting a new run", flush=True)
-        if ctx.is_main:
+        run = setup(cfg, run_dir, ctx, model)  # reads the data first: data that is missing or unreadable fails
+        if ctx.is_main:                          # before the run folder is written
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-        run = setup(cfg, run_dir, ctx, model)
         if state is not None:
             restore(run, state)
         elif ctx.rank:
