@@ -279,3 +279,21 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
         assert not _wait_gone(proc.pid, 10)  # the workers (and the resource tracker) noticed and exited
     finally:
         _kill_session(proc)
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dynshuffle
+
+    script = tmp_path / "script.py"
+    script.write_text("from dynshuffle.training.compare import compare\n"
+                      f"compare(['static', 'dynamic'], seeds=1, epochs=1, out='cmp', overrides={STOP_FAST!r})\n")
+    env = {"PYTHONPATH": str(Path(dynshuffle.__file__).parents[1]), "OMP_NUM_THREADS": "1", "PATH": ""}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "a worker process could not start" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
+    assert not list((tmp_path / "cmp").glob("*/seed0/config.yaml"))  # no run was started, by anyone

@@ -159,8 +159,9 @@ def _first_val_images(dataset, spec, count: int, device):
 
 
 # ---- worker processes ------------------------------------------------------------------------------------------
-# One pipe per worker: the parent sends a job (a dict) or None (stop); the worker answers ("epoch", variant,
-# seed, row) after each epoch and ("done", result) or ("error", exception, traceback) at the end of the run.
+# One pipe per worker: the worker says ("ready",) once started; the parent sends a job (a dict) or None (stop);
+# the worker answers ("epoch", variant, seed, row) after each epoch and ("done", result) or ("error", exception,
+# traceback) at the end of the run.
 
 def _stop_on_first_interrupt(signum, frame) -> None:
     """A worker's SIGINT handler: stop the run (KeyboardInterrupt) and ignore the repeats (the terminal's
@@ -218,6 +219,7 @@ def _serve(conn, parent_pid: int) -> None:
     # tracker (with a warning); one process needs only a thread lock.
     tqdm.set_lock(threading.RLock())
     try:
+        conn.send(("ready",))
         while (job := conn.recv()) is not None:
             def on_epoch(variant: str, seed: int, row: dict) -> None:
                 conn.send(("epoch", variant, seed, row))
@@ -240,6 +242,7 @@ class _Slot:
     process: multiprocessing.process.BaseProcess
     conn: object
     job: dict | None = None
+    ready: bool = False  # the worker has started (imported this module, installed its handlers)
 
 
 def _start_workers(count: int) -> list[_Slot]:
@@ -300,7 +303,8 @@ def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result) -> None
 
     def give(slot: _Slot) -> None:
         slot.job = pending.pop(0) if pending else None
-        slot.conn.send(slot.job)
+        with contextlib.suppress(OSError):  # a worker that died: the loop below reports it with its run
+            slot.conn.send(slot.job)
 
     slots = _start_workers(workers)
     try:
@@ -309,23 +313,30 @@ def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result) -> None
         while busy := [s for s in slots if s.job is not None]:
             ready = wait_for([s.conn for s in busy] + [s.process.sentinel for s in busy])
             for slot in busy:
-                if slot.conn.poll():
-                    try:
+                try:
+                    if slot.conn.poll():
                         message = slot.conn.recv()
-                    except EOFError:
+                    elif slot.process.sentinel in ready:
                         message = None
-                elif slot.process.sentinel in ready:
+                    else:
+                        continue
+                except (EOFError, OSError):  # the worker's end closed (a reset when it died abruptly)
                     message = None
-                else:
-                    continue
                 if message is None:  # the process ended without a word about its run
                     slot.process.join(1.0)
                     job = slot.job
+                    if not slot.ready:
+                        raise WorkerError(f"a worker process could not start (exit code {slot.process.exitcode}; "
+                                          f"its error is printed above). A script that calls compare needs "
+                                          f"`if __name__ == \"__main__\":` around it: the workers import the "
+                                          f"script again")
                     raise WorkerError(f"the worker process training {job['variant']} seed {job['seed']} ended "
                                       f"(exit code {slot.process.exitcode}) before the run finished; "
                                       f"{job['run_dir']} keeps its last checkpoint, and the same compare again "
                                       f"continues it")
-                if message[0] == "epoch":
+                if message[0] == "ready":
+                    slot.ready = True
+                elif message[0] == "epoch":
                     on_epoch(*message[1:])
                 elif message[0] == "done":
                     on_result(message[1])
@@ -461,6 +472,9 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     their last checkpoint; the table of the finished runs is written, naming the unfinished ones; then the
     exception is raised again.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # a worker importing the caller's script
+        raise RuntimeError("compare was called while a worker process imported the calling script: put the call "
+                           "under `if __name__ == \"__main__\":` (the workers import the script again)")
     variants = list(variants or DEFAULT_VARIANTS)
     for v in variants:
         _parse_variant(v)
@@ -661,8 +675,8 @@ def format_markdown(rows: list[dict], *, data: str, model: str, seeds: list[int]
                      f"{_duration(seconds)}.")
     if unfinished:
         names = ", ".join(f"{v} seed {s}" for v, s in unfinished)
-        lines += ["", f"**Unfinished** ({len(unfinished)} run(s), stopped before their last epoch): {names}. "
-                  f"Their folders keep their last checkpoint; the same compare again continues them."]
+        lines += ["", f"**Unfinished** ({len(unfinished)} run(s)): {names}. Those that started keep the checkpoint "
+                  f"of their last finished epoch; the same compare again continues them."]
     return "\n".join(lines) + "\n"
 
 
