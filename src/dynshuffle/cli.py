@@ -12,6 +12,8 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from dynshuffle.utils import command_line_names
+
 COMMANDS = {
     "train": "train a model from a YAML recipe",
     "eval": "evaluate a checkpoint (top-1/top-5 and the profile row)",
@@ -21,6 +23,7 @@ COMMANDS = {
     "show": "pictures of the generated permutations of a checkpoint",
     "bench": "layer and model benchmarks, ratios to baselines measured in the same run",
     "models": "list the registered model names",
+    "datasets": "list the registered datasets: classes, image size and where the data is found",
 }
 
 
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
+        with command_line_names():  # errors name flags (--overwrite), not Python arguments (overwrite=True)
+            return int(module.run(args) or 0)
     except (CommandError, ValueError, KeyError, OSError) as err:
         # Library errors on bad input carry a message naming the problem: show that line, not a trace.
         if os.environ.get("DYNSHUFFLE_DEBUG"):

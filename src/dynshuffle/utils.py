@@ -1,5 +1,5 @@
-"""Small shared helpers: atomic file writes (a crash or a full disk never leaves a half-written file behind)
-and CSV tables of dict rows (a run's log.csv is one).
+"""Small shared helpers: atomic file writes (a crash or a full disk never leaves a half-written file behind),
+CSV tables of dict rows (a run's log.csv is one), and `arg`, how an error message names an option.
 
 A failed write, flush or fsync (ENOSPC, EIO, EFBIG: the OS names no file for these) is re-raised as the same
 OSError with the target path as its filename, so the one-line message says which file could not be written.
@@ -7,6 +7,7 @@ OSError with the target path as its filename, so the one-line message says which
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import io
 import math
@@ -124,3 +125,29 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
         reader = csv.DictReader(fh)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
+
+
+# ---- naming options in error messages ------------------------------------------------------------------------
+
+_COMMAND_LINE = contextvars.ContextVar("dynshuffle_command_line", default=False)
+
+
+def arg(python: str, flag: str) -> str:
+    """How an error message names an option: `flag` (e.g. "--overwrite") while a `dynshuffle` command runs,
+    `python` (e.g. "overwrite=True") for a caller of the Python API."""
+    return flag if _COMMAND_LINE.get() else python
+
+
+@contextlib.contextmanager
+def command_line_names(on: bool = True) -> Iterator[None]:
+    """Within the block, `arg` names command-line flags (the CLI runs every command inside it)."""
+    token = _COMMAND_LINE.set(on)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def command_line_active() -> bool:
+    """True inside `command_line_names()` (so a worker process can be told which names to use)."""
+    return _COMMAND_LINE.get()

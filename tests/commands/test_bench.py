@@ -92,3 +92,20 @@ def test_with_the_real_model_benchmark(tmp_path, monkeypatch, cli):
     assert len(rows) == 2 and all(any("ratio" in k for k in r) for r in rows)
     md = (out / "bench.md").read_text()
     assert "## Models (eager)" in md and "dynamic" in md
+
+
+def test_threads_are_set_and_recorded_and_redirected_progress_is_plain_lines(tmp_path, monkeypatch, capsys, cli):
+    monkeypatch.setattr(B, "run_model_benchmark", _fake_model_rows)
+    monkeypatch.setattr(B, "layer_rows", lambda c, s, b, dev, repeats, compile=False: [])  # no timing needed
+    threads = torch.get_num_threads()
+    try:
+        assert cli(["bench", "--quick", "--threads", "2", "--out", str(tmp_path / "b")]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["machine"]["cpu_threads"] == 2
+    assert "2 CPU threads" in (tmp_path / "b" / "bench.md").read_text()
+    err = capsys.readouterr().err  # not a terminal here: a plain line per step, no bar
+    assert "layer benchmark 1/1: cifar C=116 16x16, batch 64\n" in err and "\r" not in err and "it/s" not in err
+    assert cli(["bench", "--quick", "--threads", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

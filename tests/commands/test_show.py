@@ -52,3 +52,13 @@ def test_show_command_errors(tmp_path, monkeypatch, capsys, cli):
     rc = cli(["show", "--checkpoint", str(tmp_path / "dyn"), "--out", str(tmp_path / "o"),
                             "--data", str(tmp_path / "nowhere")])
     assert rc == 2 and "not a dataset name" in capsys.readouterr().err
+
+
+def test_the_training_picture_names_the_variant_model_seed_and_folder():
+    from dynshuffle.commands.show import run_label
+
+    model = create_model("shufflenet_v2_x0_5", stem="cifar", num_classes=10, shuffle="static", pointwise="sds")
+    assert run_label(model.config, {"train": {"seed": 2}}, "runs/cmp/sds/seed2") == \
+        "sds, shufflenet_v2_x0_5, seed 2: runs/cmp/sds/seed2"
+    model = create_model("shufflenet_v2_x0_5", stem="cifar", num_classes=10, shuffle="dynamic")
+    assert run_label(model.config, {}, "run") == "dynamic, shufflenet_v2_x0_5: run"

@@ -49,7 +49,7 @@ def test_cifar100_fine_labels_from_archive(tmp_path, cifar_payload, write_tar):
 def test_without_download_missing_archive_names_the_folder(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path)):
         build_datasets("cifar10", root=tmp_path)
-    with pytest.raises(DataError, match="needs root"):
+    with pytest.raises(DataError, match=r"needs a data folder: pass root=PATH"):
         build_datasets("cifar10")
 
 

@@ -107,7 +107,7 @@ def test_corrupt_gzip_stream_is_a_data_error(tmp_path, small_counts):
 def test_missing_files_are_named_with_the_remedy(tmp_path, small_counts):
     root = _write(tmp_path / "fm", _payload())
     (root / (fm.FILES["test_labels"].name + ".gz")).unlink()
-    with pytest.raises(DataError, match=r"missing t10k-labels-idx1-ubyte\[\.gz\].*--download"):
+    with pytest.raises(DataError, match=r"missing t10k-labels-idx1-ubyte\[\.gz\].*download=True"):
         build_datasets("fashion-mnist", root=root)
 
 

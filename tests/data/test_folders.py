@@ -119,7 +119,7 @@ def test_imagenet_empty_class_missing_folder_and_garbage_file(imagenet_root):
 
     with pytest.raises(DataError, match=str(imagenet_root / "nowhere")):
         build_datasets("imagenet", root=imagenet_root / "nowhere")
-    with pytest.raises(DataError, match="imagenet needs root"):
+    with pytest.raises(DataError, match=r"imagenet needs a data folder: pass root=PATH"):
         build_datasets("imagenet")
 
 

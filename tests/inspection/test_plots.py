@@ -90,3 +90,57 @@ def test_accuracy_vs_macs_plots_csv_rows_and_rejects_empty(tmp_path):
     with pytest.raises(ValueError, match="no row has both"):
         P.plot_accuracy_vs_macs(rows[2:], tmp_path / "none.png", "title")
     assert not (tmp_path / "none.png").exists()
+
+
+def _captured(monkeypatch):
+    figures = []
+    real_save = P._save
+    monkeypatch.setattr(P, "_save", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
+    return figures
+
+
+def _titles_fit(fig) -> bool:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if ax.get_title() and ax.title.get_window_extent(renderer).width > ax.get_window_extent(renderer).width + 1:
+            return False
+    sup = fig._suptitle
+    return sup is None or sup.get_window_extent(renderer).width <= fig.bbox.width + 1
+
+
+@pytest.mark.parametrize("count", [1, 2, 40])
+def test_titles_fit_at_any_number_of_layers(tmp_path, monkeypatch, user_net, images, count):
+    stats = permutation_stats(user_net(), images(6), torch.arange(6) % 2, keep_permutations=True)
+    one = next(iter(stats.values()))
+    chosen = {f"stage{i // 8 + 2}.{i % 8}.branch2.shuffle": one for i in range(count)}
+    figures = _captured(monkeypatch)
+    P.plot_closeness(chosen, tmp_path / "closeness.png")
+    P.plot_diversity(chosen, tmp_path / "diversity.png")
+    P.plot_class_agreement(chosen, tmp_path / "class_agreement.png")
+    assert len(figures) == 3
+    for fig in figures:
+        assert _titles_fit(fig), [ax.get_title() for ax in fig.axes]
+        # wrapping keeps every word of the title
+        assert all("permutation" in " ".join(ax.get_title().split()) or "within" in ax.get_title()
+                   for ax in fig.axes if ax.get_title())
+
+
+def test_training_picture_names_the_run_and_counts_whole_epochs(tmp_path, monkeypatch):
+    figures = _captured(monkeypatch)
+    write_csv(tmp_path / "log.csv", [{"epoch": 1, "val_top1": 0.5, "penalty": 0.2, "shuffle_mode": "ste"}],
+              ["epoch", "val_top1", "penalty", "shuffle_mode"])
+    P.plot_training(tmp_path / "log.csv", tmp_path / "one.png",
+                    "dynamic, shufflenet_v2_x0_5, seed 0: runs/c/dynamic/seed0")
+    P.plot_training(tmp_path / "log.csv", tmp_path / "default.png")
+    rows = [{"epoch": e, "val_top1": e / 10} for e in range(1, 8)]
+    write_csv(tmp_path / "seven.csv", rows, ["epoch", "val_top1"])
+    P.plot_training(tmp_path / "seven.csv", tmp_path / "seven.png")
+    one, default, seven = figures
+    assert "dynamic, shufflenet_v2_x0_5, seed 0" in " ".join(one._suptitle.get_text().split())
+    assert str(tmp_path) in default._suptitle.get_text().replace("\n", "")
+    for fig in figures:
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -1,11 +1,13 @@
 """dynshuffle.training.compare (and `dynshuffle compare`) on a tiny setting: 2 variants, 1 seed, 1 short epoch;
-the table files, reruns, workers."""
+the table files, reruns, workers, progress, latency ratios, checks before anything is written, and stopping:
+Ctrl-C to the process group, and a killed parent whose workers exit by themselves."""
 from __future__ import annotations
 
 import csv
 import json
 
 import pytest
+import torch
 
 from dynshuffle.checkpoints import build_model_from_checkpoint
 from dynshuffle.cli import main as cli_main
@@ -27,6 +29,7 @@ def test_compare_writes_the_table_and_reruns_keep_finished_runs(tmp_path, capsys
         final = json.loads((out / r["variant"] / "seed0" / "result.json").read_text())["final"]
         assert (r["top1_mean"], r["top5_mean"]) == (final["val_top1"], final["val_top5"])
         assert r["latency_ms"] > 0 and r["top1_std"] == 0.0 and r["seeds"] == 1 and r["epochs"] == 1
+    assert static["latency_ratio"] == 1.0 and dynamic["latency_ratio"] > 0  # timed in turn with the fixed model
     assert static["top1_soft_mean"] is None and static["gap"] is None
     assert dynamic["top1_soft_mean"] is not None  # the train/inference gap check
     assert dynamic["gap"] == pytest.approx(dynamic["top1_soft_mean"] - dynamic["top1_mean"])
@@ -42,6 +45,8 @@ def test_compare_writes_the_table_and_reruns_keep_finished_runs(tmp_path, capsys
     printed = capsys.readouterr().out
     assert md in printed  # printed as well
     assert "compare: dynamic seed 0 epoch 1/1 top-1 " in printed  # a progress line per epoch
+    assert "(runs 1/2 done, " in printed and " elapsed" in printed and "left)" in printed  # runs, time, ETA
+    assert "runs 2/2 done" in printed
     assert "this process" in printed  # the thread/worker settings it chose
     with open(out / "compare.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -56,6 +61,10 @@ def test_compare_writes_the_table_and_reruns_keep_finished_runs(tmp_path, capsys
     again = compare(["static", "dynamic"], seeds=1, epochs=1, out=out, overrides=FAST, latency_runs=3, workers=1)
     assert "finished earlier" in capsys.readouterr().out and result.stat().st_mtime_ns == stamp
     assert [r["top1_mean"] for r in again] == [r["top1_mean"] for r in rows]
+    # Without the fixed variant, its model is built for the timing; the thread setting is left as it was.
+    threads = torch.get_num_threads()
+    (only,) = compare(["dynamic"], seeds=1, epochs=1, out=out, overrides=FAST, latency_runs=3, workers=1)
+    assert only["latency_ratio"] > 0 and torch.get_num_threads() == threads
 
     # Results kept without their checkpoints (as committed beside the docs): the table is rebuilt from
     # result.json, with the architecture built from the recipe for the profile and the latency.
@@ -70,17 +79,20 @@ def test_compare_writes_the_table_and_reruns_keep_finished_runs(tmp_path, capsys
             {k: before[k] for k in ("params", "macs", "top1_mean", "dynamic_layers")}
 
     # A changed recipe is refused unless overwrite, which trains afresh.
-    with pytest.raises(CompareFolderError, match="different recipe.*--overwrite"):
+    with pytest.raises(CompareFolderError, match="different recipe.*overwrite=True"):
         compare(["dynamic"], seeds=1, epochs=1, out=out, overrides=FAST + ["optim.lr=0.01"], workers=1)
     compare(["dynamic"], seeds=1, epochs=1, out=out, overrides=FAST + ["optim.lr=0.01"], workers=1,
             latency_runs=1, overwrite=True, verbose=False)
     assert json.loads(result.read_text())["recipe"]["optim"]["lr"] == 0.01
 
 
-def test_foreign_folder_is_never_overwritten(tmp_path):
+def test_foreign_folder_is_never_overwritten(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(CompareFolderError, match="holds no earlier compare"):
+    with pytest.raises(CompareFolderError, match="holds no earlier compare") as err:
         compare(["static"], seeds=1, epochs=1, out=tmp_path, overrides=FAST, workers=1)
+    assert "overwrite=True" in str(err.value) and "--" not in str(err.value)  # Python names for a Python caller
+    assert cli_main(["compare", "--variants", "static", "--out", str(tmp_path)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err  # and flags on the command line
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "static").exists()
 
 
@@ -120,3 +132,168 @@ def test_a_run_saved_before_a_config_key_existed_keeps_its_recipe():
     assert _recipe_key(older) == _recipe_key(current)
     older["optim"]["lr"] = 0.01
     assert _recipe_key(older) != _recipe_key(current)
+
+
+# ---------------------------------------------------------------------------------- checks before anything runs
+
+def test_a_dataset_without_data_fails_before_anything_is_planned_or_written(tmp_path, capsys, monkeypatch):
+    from dynshuffle.data.errors import DataError
+
+    out = tmp_path / "cmp"
+    with pytest.raises(DataError, match=r"cifar10 needs a data folder: pass data_root=PATH \(with download=True"):
+        compare(["static"], seeds=1, dataset="cifar10", out=out)
+    assert cli_main(["compare", "--dataset", "cifar10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --data PATH (with --download to fetch it there)" in err and err.count("\n") == 1
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    assert cli_main(["compare", "--dataset", "cifar10", "--data", str(tmp_path / "bad"), "--out", str(out)]) == 2
+    assert "corrupt or truncated archive" in capsys.readouterr().err  # read once, before any run is planned
+    assert not out.exists()
+
+    # --download reaches the dataset, once, in this process, before the runs are planned
+    seen = []
+
+    def fake_build(name, root=None, download=False):
+        seen.append((name, root, download))
+        raise DataError("stop here")
+
+    monkeypatch.setattr("dynshuffle.training.compare.build_datasets", fake_build)
+    argv = ["compare", "--dataset", "cifar10", "--data", str(tmp_path / "new"), "--download", "--out", str(out)]
+    assert cli_main(argv) == 2 and seen == [("cifar10", str(tmp_path / "new"), True)] and not out.exists()
+
+
+# ---------------------------------------------------------------------------------- stopping
+
+STOP_FAST = ["train.steps_per_epoch=4", "train.eval_steps=1", "data.eval_batch_size=90"]
+
+
+def _start(tmp_path, args: list[str]):
+    """`dynshuffle compare ARGS` in a process group of its own (as a terminal runs it), stdout as lines."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dynshuffle
+
+    env = {**os.environ, "PYTHONPATH": str(Path(dynshuffle.__file__).parents[1]), "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dynshuffle.cli", "compare", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Pids of the live processes of session `sid` (from /proc: no zombies)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_gone(sid: int, seconds: float) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (left := _session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def _kill_session(proc) -> None:
+    import os
+    import signal
+
+    for pid in _session_processes(proc.pid):
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_ctrl_c_stops_every_worker_keeps_checkpoints_and_a_rerun_continues(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "cmp"
+    args = ["--variants", "static", "--seeds", "3", "--epochs", "4", "--workers", "2", "--out", str(out)]
+    for o in STOP_FAST:
+        args += ["--set", o]
+    proc = _start(tmp_path, args)
+    lines, finished = [], 0
+    try:
+        for line in proc.stdout:  # Ctrl-C once a run has finished and another is between two epochs
+            lines.append(line)
+            finished += ": top-1 " in line
+            if finished and " epoch " in line and " epoch 4/4 " not in line:
+                os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+                break
+        else:
+            pytest.fail("compare ended before it could be interrupted:\n" + "".join(lines))
+        rest = proc.communicate(timeout=60)[0]  # it stops within seconds, not after the other runs
+    finally:
+        _kill_session(proc)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert not _wait_gone(proc.pid, 10)  # no worker left behind
+    done = sorted(p.parent.name for p in out.glob("static/seed*/result.json"))
+    unfinished = sorted({"seed0", "seed1", "seed2"} - set(done))
+    assert done and unfinished
+    md = (out / "compare.md").read_text()
+    assert "**Unfinished**" in md and all(f"static seed {s[4:]}" in md for s in unfinished)
+    assert f"| static (seed{'s' if len(done) > 1 else ''} {', '.join(s[4:] for s in done)} of 3) |" in md
+    interrupted = [s for s in unfinished if (out / "static" / s / "last.state.pt").is_file()]
+    assert interrupted  # the run in progress keeps its last checkpoint
+
+    # The same compare again: the finished runs are kept, the interrupted one continues from its checkpoint.
+    stamps = {s: (out / "static" / s / "result.json").stat().st_mtime_ns for s in done}
+    rows = compare(["static"], seeds=3, epochs=4, out=out, overrides=STOP_FAST, latency_runs=1, workers=1,
+                   verbose=False)
+    assert rows[0]["seeds"] == 3 and "Unfinished" not in (out / "compare.md").read_text()
+    assert {s: (out / "static" / s / "result.json").stat().st_mtime_ns for s in done} == stamps
+    for s in interrupted:
+        logged = [int(r.split(",")[0]) for r in (out / "static" / s / "log.csv").read_text().splitlines()[1:]]
+        assert logged == [1, 2, 3, 4]  # resumed: every epoch once
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    import os
+    import signal
+
+    args = ["--variants", "static", "--seeds", "2", "--epochs", "200", "--workers", "2", "--out", str(tmp_path / "c"),
+            "--set", "train.steps_per_epoch=2", "--set", "train.eval_steps=1", "--set", "data.eval_batch_size=90"]
+    proc = _start(tmp_path, args)
+    try:
+        for line in proc.stdout:
+            if " epoch 1/200 " in line:  # a worker is training
+                break
+        workers = [p for p in _session_processes(proc.pid) if p != proc.pid]
+        assert workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert not _wait_gone(proc.pid, 10)  # the workers (and the resource tracker) noticed and exited
+    finally:
+        _kill_session(proc)
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dynshuffle
+
+    script = tmp_path / "script.py"
+    script.write_text("from dynshuffle.training.compare import compare\n"
+                      f"compare(['static', 'dynamic'], seeds=1, epochs=1, out='cmp', overrides={STOP_FAST!r})\n")
+    env = {"PYTHONPATH": str(Path(dynshuffle.__file__).parents[1]), "OMP_NUM_THREADS": "1", "PATH": ""}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "a worker process could not start" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
+    assert not list((tmp_path / "cmp").glob("*/seed0/config.yaml"))  # no run was started, by anyone

@@ -94,11 +94,13 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_data_name_choices_come_from_the_data_registry(monkeypatch):
+    import dataclasses
+
     from dynshuffle.data import registry
     from dynshuffle.data.spec import DatasetSpec
 
     spec = DatasetSpec("my-digits", 10, 32, "cifar", (0.5,) * 3, (0.25,) * 3)
-    monkeypatch.setitem(registry._REGISTRY, "my-digits", (spec, registry._REGISTRY["digits"][1]))
+    monkeypatch.setitem(registry._REGISTRY, "my-digits", dataclasses.replace(registry._REGISTRY["digits"], spec=spec))
     cfg = apply_overrides(Config(), ["data.name=my-digits"])
     assert cfg.data.name == "my-digits"
     assert Config.from_dict({"data": {"name": "my-digits"}}).data.name == "my-digits"

@@ -7,7 +7,8 @@ import torch
 from dynshuffle.layers.base import shuffle_modules
 from dynshuffle.models.registry import create_model
 from dynshuffle.training import evaluate as E
-from dynshuffle.training.evaluate import dynamic_dependence, evaluate, evaluate_modes, measure_latency
+from dynshuffle.training.evaluate import (dynamic_dependence, evaluate, evaluate_modes, measure_latencies,
+                                         measure_latency)
 
 
 def test_evaluate_modes_restores_each_module_mode():
@@ -73,3 +74,30 @@ def test_measure_latency_times_the_deployed_model_and_leaves_it_alone(monkeypatc
     assert measure_latency(model, (2, 3, 32, 32), warmup=3, runs=7) == pytest.approx(12.3)
     assert seen == [((2, 10), False, ["frozen"] * 16, 3, 7)]
     assert model.training and all(m.mode == "auto" for m in shuffle_modules(model))
+
+
+def test_measure_latencies_times_every_deployed_model_in_turn_as_ratios_to_the_baseline(monkeypatch):
+    fixed = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="static")
+    dynamic = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic").train()
+    seen = []
+
+    def fake_time_interleaved(fns, device, warmup, repeats, min_time):
+        seen.append((sorted(fns), torch.get_num_threads(), dynamic.training,
+                     {m.mode for m in shuffle_modules(dynamic)}, repeats, [fn().shape for fn in fns.values()]))
+        return {"static": 0.002, "dynamic": 0.005}
+
+    monkeypatch.setattr(E, "time_interleaved", fake_time_interleaved)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        times = measure_latencies({"static": fixed, "dynamic": dynamic}, (1, 3, 32, 32), "static", threads=1,
+                                  repeats=9)
+        assert torch.get_num_threads() == 2  # the thread setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [(["dynamic", "static"], 1, False, {"frozen"}, 9, [(1, 10), (1, 10)])]  # one call: in turn
+    assert times == {"static": {"ms": pytest.approx(2.0), "ratio": 1.0},
+                     "dynamic": {"ms": pytest.approx(5.0), "ratio": pytest.approx(2.5)}}
+    assert dynamic.training and all(m.mode == "auto" for m in shuffle_modules(dynamic))
+    with pytest.raises(ValueError, match="baseline 'fixed' is not one of the models"):
+        measure_latencies({"static": fixed}, (1, 3, 32, 32), "fixed")

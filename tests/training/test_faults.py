@@ -58,7 +58,7 @@ def test_train_resume_auto_in_the_config_and_its_checks(tmp_path, static_config)
     cfg.train.epochs = 2
     assert [r["epoch"] for r in train(cfg, run)["history"]] == [1, 2]  # the recipe resumes by itself
     assert [r["epoch"] for r in train(cfg, run, overwrite=True)["history"]] == [1, 2]  # --overwrite wins
-    with pytest.raises(ValueError, match="--resume auto and --overwrite contradict"):
+    with pytest.raises(ValueError, match='resume="auto" and overwrite=True contradict'):
         train(cfg, run, resume="auto", overwrite=True)
     with pytest.raises(ValueError, match="resume: expected True, False or 'auto', got 'yes'"):
         train(cfg, run, resume="yes")

@@ -74,6 +74,15 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, tiny_config):
         train(cfg, tmp_path / "other", resume=True)
 
 
+def test_missing_data_fails_before_the_run_folder_is_written(tmp_path, tiny_config, capsys):
+    from dynshuffle.data.errors import DataError
+
+    cfg = tiny_config(**{"data.name": "cifar10"})
+    with pytest.raises(DataError, match="cifar10 needs a data folder: pass root=PATH"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("dataset", ["cifar10", "tiny-imagenet", "imagenet"])
 def test_one_short_run_per_dataset_kind(tmp_path, dataset, tiny_config, dataset_tree):
     root = dataset_tree(dataset, tmp_path / "data")

@@ -23,7 +23,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench", metavar="DIR",
                         help="folder for bench.md and bench.json (default ./bench)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing bench.md / bench.json")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (default: torch's, i.e. OMP_NUM_THREADS when set, else one per core)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress (default: a bar on a terminal, a plain line per step otherwise)")
 
 
 def _check_out(out, force: bool) -> None:
@@ -73,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from dynshuffle.commands.train import set_threads
+
     out = Path(args.out)
     _check_out(out, args.force)
     device = _device(args.device)
+    set_threads(args.threads)
 
     from dynshuffle.profiling import benchmark as B
     from dynshuffle.utils import atomic_write_text

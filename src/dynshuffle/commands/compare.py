@@ -13,6 +13,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="dataset name (default: digits, bundled, offline)")
     parser.add_argument("--data", metavar="PATH", help="dataset root folder (all but digits), as in train and eval")
     parser.add_argument("--data-root", dest="data", metavar="PATH", help=argparse.SUPPRESS)  # the former name
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the dataset into --data first if it is missing (CIFAR, Fashion-MNIST)")
     parser.add_argument("--model", default="shufflenet_v2_x0_5", help="model name (default shufflenet_v2_x0_5)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key for every run, e.g. --set shuffle.lambda=0.5")
@@ -27,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train and write the table; Ctrl-C stops the workers, writes the table of the finished runs and exits 130
+    (the CLI's KeyboardInterrupt exit)."""
     from dynshuffle.training.compare import compare
 
     if args.seeds < 1:
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--data is the dataset root folder (as in train and eval); to choose the dataset "
                              f"use --dataset {args.data}")
     compare(args.variants, seeds=args.seeds, epochs=args.epochs, dataset=args.dataset, out=args.out,
-            data_root=args.data, model=args.model, overrides=args.overrides, workers=args.workers,
+            data_root=args.data, download=args.download, model=args.model, overrides=args.overrides,
+            workers=args.workers,
             overwrite=args.overwrite)
     return 0

@@ -50,6 +50,19 @@ def _dataset_and_root(args, meta: dict) -> tuple[str, str | None]:
     return name, root
 
 
+def run_label(model_config: dict, train_config: dict, folder) -> str:
+    """The run as training.png's title names it: its variant (as `compare` names them), model, seed and folder,
+    e.g. "dynamic, shufflenet_v2_x0_5, seed 0: runs/cmp/dynamic/seed0"."""
+    from dynshuffle.training.recipes import VARIANTS
+
+    variant = next((name for name, keys in VARIANTS.items()
+                    if all(model_config.get(k) == v for k, v in keys.items())), None)
+    seed = (train_config.get("train") or {}).get("seed")
+    parts = [variant or f"shuffle {model_config.get('shuffle')}", model_config.get("name"),
+             f"seed {seed}" if seed is not None else None]
+    return ", ".join(str(p) for p in parts if p) + f": {folder}"
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -88,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     log_csv = (ckpt if ckpt.is_dir() else ckpt.parent) / "log.csv"
+    label = run_label(getattr(model, "config", None) or {}, meta.get("config") or {}, log_csv.parent)
     written = render_report(model, images, labels, out, log_csv=log_csv if log_csv.is_file() else None,
                             n_inputs=min(args.inputs, count), force=args.force,
-                            class_names=getattr(dataset, "classes", None), layers=args.layers)
+                            class_names=getattr(dataset, "classes", None), layers=args.layers, run=label)
     print(f"{len(written)} files in {out} ({count} {spec.name} {args.split} images):")
     for path in written:
         print(f"  {path.name}")

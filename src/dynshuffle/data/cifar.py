@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import arg
 from .download import download_url
 from .errors import DataError
 from .memory import InMemoryImageDataset
@@ -191,8 +192,8 @@ def load_cifar(
     """
     spec = ARCHIVES[name]
     if root is None:
-        raise DataError(f"{name} needs root= (--data PATH on the command line): the folder holding "
-                        f"{spec.filename}; to fetch it there pass --download (CLI) or download=True (Python)")
+        raise DataError(f"{name} needs a data folder: pass {arg('root=PATH', '--data PATH')}, the folder holding "
+                        f"{spec.filename} (to fetch it there, add {arg('download=True', '--download')})")
     root = Path(root).expanduser()
     source = _locate(spec, root)
     if download and (source is None or source.is_file()):
@@ -200,8 +201,8 @@ def load_cifar(
         archive = root if root.is_file() or root.name == spec.filename else root / spec.filename
         source = download_url(spec.url, archive, spec.md5)
     elif source is None:
-        raise DataError(f"{root}: no {spec.filename} or {spec.folder}/ found (to fetch it pass --download on the "
-                        f"command line, or download=True in Python)")
+        raise DataError(f"{root}: no {spec.filename} or {spec.folder}/ found (to fetch it, pass "
+                        f"{arg('download=True', '--download')})")
 
     blobs = _read_members(source, spec)
     classes = _class_names(blobs, spec, source)

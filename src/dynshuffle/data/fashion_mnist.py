@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import arg
 from .download import download_url
 from .errors import DataError
 from .memory import InMemoryImageDataset
@@ -117,7 +118,8 @@ def load_fashion_mnist(
         root = default_root()
     if root is None:
         raise DataError(f"fashion-mnist: no data at {DEBIAN_ROOT}; install it with `apt-get install "
-                        f"dataset-fashion-mnist`, or pass root= (--data PATH) and download=True (--download)")
+                        f"dataset-fashion-mnist`, or pass {arg('root=PATH', '--data PATH')} and "
+                        f"{arg('download=True', '--download')}")
     root = Path(root).expanduser()
     missing = [f for f in FILES.values() if _find(root, f) is None]
     if missing and download:
@@ -126,8 +128,7 @@ def load_fashion_mnist(
             download_url(BASE_URL + file.name + ".gz", root / (file.name + ".gz"), file.md5)
     elif missing:
         names = ", ".join(f.name + "[.gz]" for f in missing)
-        raise DataError(f"{root}: missing {names} (to fetch them pass --download on the command line, or "
-                        f"download=True in Python)")
+        raise DataError(f"{root}: missing {names} (to fetch them, pass {arg('download=True', '--download')})")
     train = InMemoryImageDataset(*_split(root, FILES["train_images"], FILES["train_labels"]), CLASSES)
     test = InMemoryImageDataset(*_split(root, FILES["test_images"], FILES["test_labels"]), CLASSES)
     return train, test

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
+from ..utils import arg
 from .errors import DataError
 from .transforms import SampleTransform, eval_transform, train_transform
 
@@ -104,7 +105,8 @@ def _require_dir(path: Path, what: str) -> Path:
 
 def _resolve_root(root: str | os.PathLike | None, name: str, layout: str) -> Path:
     if root is None:
-        raise DataError(f"{name} needs root=: a folder holding {layout} (it cannot be downloaded automatically)")
+        raise DataError(f"{name} needs a data folder: pass {arg('root=PATH', '--data PATH')}, a folder holding "
+                        f"{layout} (it cannot be downloaded automatically)")
     return _require_dir(Path(root).expanduser(), f"{name} folder (expected {layout})")
 
 

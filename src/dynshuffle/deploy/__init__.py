@@ -1,2 +1,2 @@
-"""Deployment: the ONNX export of a model's inference form (`export`) and the conversion of someone else's
-network to dynamic shuffles (`conversion`)."""
+"""Deployment: a model's inference form (`fuse.fuse_for_inference`), its ONNX export (`export`) and the
+conversion of someone else's network to dynamic shuffles (`conversion`)."""

@@ -1,6 +1,6 @@
 """Export a model's inference graph to ONNX, checked and verified before it replaces anything.
 
-What is exported is the fused inference form (`layers.fused.fuse_for_inference` of a copy): per shuffle
+What is exported is the fused inference form (`deploy.fuse.fuse_for_inference`, a copy): per shuffle
 module one pooling, two GEMMs (BatchNorm folded into the first, one head for A and B), one softmax, one
 argmax, the two sorts of the branch-free binarization (`functional.ranked_columns`), two table gathers that
 compose the index, and one Gather of whole rows of the (N·C, H·W) view (`functional.permute_channels`):
@@ -20,7 +20,6 @@ onnxruntime is installed), and only then renamed over `out_path`.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -34,11 +33,11 @@ from torch import nn
 from dynshuffle import __version__
 from dynshuffle.checkpoints import build_model_from_checkpoint
 from dynshuffle.data.registry import get_dataset_spec
-from dynshuffle.layers.fused import fuse_for_inference
+from dynshuffle.deploy.fuse import fuse_for_inference
 from dynshuffle.layers.modes import deploy_mode
 from dynshuffle.models.blocks import STEM_INPUT_SIZE
 from dynshuffle.profiling.timing import device_of, time_pair
-from dynshuffle.utils import atomic_path
+from dynshuffle.utils import arg, atomic_path
 
 __all__ = ["export_onnx", "export_onnx_report", "verify_onnx", "benchmark_onnx", "ExportError",
            "ExportResult", "DEFAULT_OPSET", "check_out_path", "data_metadata"]
@@ -83,7 +82,7 @@ def check_out_path(out_path: str | os.PathLike, force: bool) -> Path:
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder; give the path of the .onnx file to write")
     if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite it")
+        raise FileExistsError(f"{out} already exists; pass {arg('force=True', '--force')} to overwrite it")
     return out
 
 
@@ -236,7 +235,7 @@ def export_onnx_report(model_or_checkpoint_path, out_path: str | os.PathLike, in
     with atomic_path(out) as tmp:
         # The exported graph is the fused inference form (BatchNorm folded, one head and one pair of sorts
         # per shuffle); it is verified below against the unfused model.
-        deployed = fuse_for_inference(copy.deepcopy(model))
+        deployed = fuse_for_inference(model)
         with deploy_mode(deployed):
             _export_graph(deployed, sample, tmp, opset, exporter)
         opset = _add_metadata(tmp, metadata)

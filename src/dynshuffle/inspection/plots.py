@@ -23,18 +23,19 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dynshuffle.utils import atomic_open, atomic_write_text, read_csv
+from dynshuffle.utils import arg, atomic_open, atomic_write_text, read_csv
 
 from .stats import matrices_for_inputs, pairwise_agreement, permutation_stats, require_layers
 
 __all__ = ["plot_matrices", "plot_class_agreement", "plot_sample_agreement", "plot_closeness", "plot_diversity",
-           "plot_training", "plot_accuracy_vs_macs", "render_report", "planned_files", "layer_file_name"]
+           "plot_training", "plot_accuracy_vs_macs", "render_report", "planned_files", "layer_file_name", "fit_titles"]
 
 SAMPLE_AGREEMENT_MAX = 64  # inputs shown in sample_agreement.png (an N x N picture stops being readable)
 
@@ -48,8 +49,45 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _narrower(text: str, factor: float) -> str | None:
+    """`text` re-wrapped so that its longest line is about `factor` times as long; None when no line can be
+    wrapped further (single words)."""
+    lines = text.split("\n")
+    longest = max(len(line) for line in lines)
+    width = max(8, int(longest * factor) - 1)
+    wrapped = "\n".join(textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) or line
+                        for line in lines)
+    return wrapped if max(len(line) for line in wrapped.split("\n")) < longest else None
+
+
+def fit_titles(fig, rounds: int = 4) -> None:
+    """Make every axes title fit the width of its axes and the figure title the figure's: wrap the text, and
+    shrink the font where a single word is still too wide. Layout (constrained) is recomputed between rounds,
+    so a picture of one layer or of fifty keeps whole titles."""
+    for _ in range(rounds):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        changed = False
+        texts = [(ax.title, ax.get_window_extent(renderer).width) for ax in fig.axes if ax.get_title()]
+        if fig._suptitle is not None and fig._suptitle.get_text():
+            texts.append((fig._suptitle, fig.bbox.width))
+        for text, room in texts:
+            width = text.get_window_extent(renderer).width
+            if width <= room + 0.5:
+                continue
+            wrapped = _narrower(text.get_text(), room / width)
+            if wrapped is not None:
+                text.set_text(wrapped)
+            else:
+                text.set_fontsize(max(4.0, text.get_fontsize() * room / width * 0.97))
+            changed = True
+        if not changed:
+            return
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
+    fit_titles(fig)
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
     return path
@@ -259,10 +297,12 @@ def _column(rows: list[dict], key: str) -> np.ndarray:
     return np.asarray(out)
 
 
-def plot_training(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
+def plot_training(log_csv: str | os.PathLike, path: str | os.PathLike, run: str | None = None) -> Path:
     """The penalty per epoch and every accuracy column (`*top1*`, `*top5*`, `*acc*`) of a run's log.csv.
 
-    Epochs trained with the straight-through estimator (a `shuffle_mode` column equal to "ste") are shaded.
+    `run` names the run in the title (e.g. "dynamic, shufflenet_v2_x0_5, seed 0: runs/cmp/dynamic/seed0"; default:
+    the log's folder). Epochs are integers on the axis; epochs trained with the straight-through estimator
+    (a `shuffle_mode` column equal to "ste") are shaded.
     """
     from matplotlib.ticker import MaxNLocator  # optional (the viz extra)
 
@@ -312,8 +352,9 @@ def plot_training(log_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
                            label="straight-through epochs" if ax is bottom else None)
     if bottom.get_legend_handles_labels()[0]:
         _legend_outside(bottom)
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Training history ({Path(log_csv).parent.name}/log.csv)", fontsize=11)
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # shared with the top axes
+    bottom.set_xlim(float(np.nanmin(epochs)) - 0.5, float(np.nanmax(epochs)) + 0.5)
+    fig.suptitle(f"Training history of {run or Path(log_csv).parent}", fontsize=11)
     return _save(fig, path)
 
 
@@ -369,16 +410,17 @@ def _jsonable(value):
 def render_report(model, images: torch.Tensor, labels: torch.Tensor, out_dir: str | os.PathLike, *,
                   log_csv: str | os.PathLike | None = None, n_inputs: int = 3, force: bool = False,
                   class_names: Sequence[str] | None = None, batch_size: int = 64,
-                  layers: Sequence[str] | None = None) -> list[Path]:
+                  layers: Sequence[str] | None = None, run: str | None = None) -> list[Path]:
     """Compute the statistics of `model` on `images` and write every picture (plus stats.json) into `out_dir`.
 
-    `layers`: fnmatch patterns of the shuffle layers to show (e.g. ["stage4.*"]); default all.
+    `layers`: fnmatch patterns of the shuffle layers to show (e.g. ["stage4.*"]); default all. `run` names the
+    run in the title of training.png (see `plot_training`).
     `out_dir` is created if missing; an existing file of the same name is an error unless `force`
     (checked before anything is drawn). Returns the written paths.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise NotADirectoryError(f"{arg('out_dir', '--out')} {out} exists and is not a folder")
     all_layers = list(require_layers(model))
     if layers:
         selected = [name for name in all_layers if any(fnmatch.fnmatchcase(name, pat) for pat in layers)]
@@ -392,7 +434,7 @@ def render_report(model, images: torch.Tensor, labels: torch.Tensor, out_dir: st
     existing = [n for n in names if (out / n).exists()]
     if existing and not force:
         shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
-        raise FileExistsError(f"{out} already holds {shown}; pass --force (force=True) to overwrite")
+        raise FileExistsError(f"{out} already holds {shown}; pass {arg('force=True', '--force')} to overwrite")
     if not 1 <= n_inputs <= images.shape[0]:
         raise ValueError(f"n_inputs must be between 1 and the number of images ({images.shape[0]}), got {n_inputs}")
     out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +449,7 @@ def render_report(model, images: torch.Tensor, labels: torch.Tensor, out_dir: st
     written.append(plot_closeness(stats, out / "closeness.png"))
     written.append(plot_diversity(stats, out / "diversity.png"))
     if log_csv is not None:
-        written.append(plot_training(log_csv, out / "training.png"))
+        written.append(plot_training(log_csv, out / "training.png", run))
     plain = {layer: {k: _jsonable(v) for k, v in s.items() if k != "permutations"} for layer, s in stats.items()}
     atomic_write_text(out / "stats.json", json.dumps(plain, indent=1) + "\n")
     written.append(out / "stats.json")

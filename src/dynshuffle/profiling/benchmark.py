@@ -133,10 +133,12 @@ def run_layer_benchmark(device: str = "cpu", stems=("imagenet", "cifar"), batche
     if quick:
         shapes, batches, repeats = shapes[:1], batches[:1], 3
     jobs = [(stem, c, s, b) for stem, c, s in shapes for b in batches]
-    jobs_iter = tqdm(jobs, desc="layer benchmark", disable=not progress)
+    bar = progress and sys.stdout.isatty() and sys.stderr.isatty()  # a bar on a terminal, else plain lines
     rows: list[LayerRow] = []
     torch.manual_seed(0)
-    for stem, c, s, b in jobs_iter:
+    for i, (stem, c, s, b) in enumerate(tqdm(jobs, desc="layer benchmark", disable=not bar)):
+        if progress and not bar:
+            print(f"layer benchmark {i + 1}/{len(jobs)}: {stem} C={c} {s}x{s}, batch {b}", file=sys.stderr, flush=True)
         rows.extend(layer_rows(c, s, b, dev, repeats, compile=compile))
     return rows
 

@@ -3,12 +3,19 @@
 Default: ShuffleNetV2 0.5x on the bundled digits data, 3 seeds, four variants —
 fixed ShuffleNet shuffle (`static`), an input-independent learned permutation (`learned`), the dynamic
 shuffle (`dynamic`) and static-dynamic shuffle in place of the equal-width 1x1 convolutions (`sds`).
-For each: parameters, multiply-adds, eval latency (batch 1), top-1 with the exact permutation
-(mean ± std over seeds) and, for variants with learned/dynamic shuffles, top-1 with the soft matrices:
-the exact one must not fall far below the soft one (docs/design.md §9, the train/inference gap).
+For each: parameters, multiply-adds, eval latency (batch 1) and its ratio to the fixed-shuffle model, top-1
+with the exact permutation (mean ± std over seeds) and, for variants with learned/dynamic shuffles, top-1
+with the soft matrices: the exact one must not fall far below the soft one (docs/design.md §9, the
+train/inference gap).
+
+The runs go to worker processes of one thread each (or this process). Ctrl-C (or an error in one run)
+stops every worker within seconds; each run keeps its last per-epoch checkpoint, the table of the finished
+runs is written with the unfinished ones named, and the same call again continues them. A worker whose
+`compare` process dies (even killed) notices within a second and exits.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import importlib.util
@@ -16,40 +23,57 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
+import signal
 import statistics
+import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from dynshuffle.checkpoints import build_model_from_checkpoint
+from dynshuffle.data.errors import DataError
 from dynshuffle.data.loaders import ShardSampler, make_loader
-from dynshuffle.data.registry import build_datasets, get_dataset_spec
+from dynshuffle.data.registry import build_datasets, dataset_info, get_dataset_spec
 from dynshuffle.data.transforms import BatchTransform
 from dynshuffle.inspection.plots import plot_accuracy_vs_macs
 from dynshuffle.layers.dynamic import DynamicShuffle
-from dynshuffle.utils import atomic_write_text
+from dynshuffle.utils import arg, atomic_write_text, command_line_active, command_line_names
 
 from .config import Config, apply_overrides
-from .evaluate import dynamic_dependence, first_images, measure_latency, profile_row
+from .evaluate import dynamic_dependence, first_images, measure_latencies, profile_row
 from .loop import build_model, train
 from .recipes import VARIANTS, recipe
 
 DEFAULT_VARIANTS = ("static", "learned", "dynamic", "sds")
 DEFAULT_MODEL = "shufflenet_v2_x0_5"
+FIXED = "static"  # the variant every latency is a ratio to (built for the timing when it is not compared)
 RESULT = "result.json"  # in each run folder: the recipe it was trained with and its final figures
 MARKER = "compare.json"  # in the output folder: what `compare` wrote there
 DEPENDENCE_IMAGES = 1000  # validation images the data-dependence figures are computed on (at most)
+LATENCY_THREADS = 1  # torch threads of the latency timing: one, like the training workers
+STOP_GRACE = 3.0  # seconds a worker gets to stop on Ctrl-C before it is terminated
+PARENT_POLL = 0.5  # seconds between a worker's checks that its compare process is still there
 
-COLUMNS = ["variant", "model", "params", "macs", "latency_ms", "top1_mean", "top1_std",
+COLUMNS = ["variant", "model", "params", "macs", "latency_ms", "latency_ratio", "top1_mean", "top1_std",
            "top1_soft_mean", "top1_soft_std", "gap", "top5_mean", "dynamic_layers", "dynamic_layers_total",
            "distinct_median", "seeds", "epochs", "train_seconds"]
 
 
 class CompareFolderError(ValueError):
     """The output folder holds something `compare` would overwrite (pass overwrite=True / --overwrite)."""
+
+
+class WorkerError(ChildProcessError):
+    """A worker process ended without finishing its run (killed, out of memory)."""
 
 
 def base_config(dataset: str = "digits", epochs: int | None = None, model: str = DEFAULT_MODEL) -> Config:
@@ -84,25 +108,30 @@ def _recipe_key(cfg_dict: dict) -> dict:
     cfg_dict = Config.from_dict(cfg_dict).to_dict()
     out = {sec: dict(values) for sec, values in cfg_dict.items() if sec != "log"}
     out.get("data", {}).pop("root", None)
+    out.get("data", {}).pop("download", None)
     return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 # ---- one run (in a worker process or in this one) -------------------------------------------------------------
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
-def _run_job(job: dict) -> dict:
-    """Train one (variant, seed) run, or resume an interrupted one; write and return its result.json."""
+def _run_job(job: dict, on_epoch: Callable[[str, int, dict], None] | None = None) -> dict:
+    """Train one (variant, seed) run, or resume an interrupted one; write and return its result.json.
+    `on_epoch(variant, seed, row)` after each epoch's checkpoint."""
     cfg = Config.from_dict(job["config"])
-    variant, seed, epochs = job["variant"], job["seed"], cfg.train.epochs
-    verbose = job["verbose"]
+    variant, seed = job["variant"], job["seed"]
 
     def progress(row: dict) -> None:
-        if verbose:
-            print(f"compare: {variant} seed {seed} epoch {row['epoch']}/{epochs} top-1 {row['val_top1']:.4f}",
-                  flush=True)
+        if on_epoch is not None:
+            on_epoch(variant, seed, row)
 
     t0 = time.perf_counter()
     result = train(cfg, job["run_dir"], resume=job["resume"], overwrite=not job["resume"], on_epoch=progress)
@@ -127,6 +156,244 @@ def _dynamic_modules(model):
 def _first_val_images(dataset, spec, count: int, device):
     loader = make_loader(dataset, 256, ShardSampler(len(dataset)), 0, torch.device(device))
     return first_images(loader, BatchTransform(spec, train=False).to(device), device, count)
+
+
+# ---- worker processes ------------------------------------------------------------------------------------------
+# One pipe per worker: the worker says ("ready",) once started; the parent sends a job (a dict) or None (stop);
+# the worker answers ("epoch", variant, seed, row) after each epoch and ("done", result) or ("error", exception,
+# traceback) at the end of the run.
+
+def _stop_on_first_interrupt(signum, frame) -> None:
+    """A worker's SIGINT handler: stop the run (KeyboardInterrupt) and ignore the repeats (the terminal's
+    Ctrl-C reaches the whole process group, and the parent passes it on as well)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _watch_parent(parent_pid: int, interval: float = PARENT_POLL) -> None:
+    """Exit this worker when the process that started it is gone (killed, even by SIGKILL): its run keeps the
+    last checkpoint, and no orphan keeps training or holding memory."""
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                with contextlib.suppress(Exception):
+                    print(f"compare worker {os.getpid()}: the compare process {parent_pid} is gone; stopping "
+                          f"(the run folder keeps its last checkpoint)", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="compare-parent-watch", daemon=True).start()
+
+
+def _picklable(err: BaseException) -> BaseException:
+    """`err` if it survives the trip through the pipe, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def _worker(conn, parent_pid: int) -> None:
+    """A worker process: run the jobs the parent sends, one at a time, until it sends None or stops. It then
+    leaves at once (os._exit after flushing its output): what it wrote is on disk (atomic, fsynced files)
+    and in the pipe, and the interpreter's teardown with torch loaded takes seconds on a busy machine."""
+    code = 0
+    try:
+        _serve(conn, parent_pid)
+    except BaseException:  # noqa: BLE001 - reported here, as a process's uncaught error would be
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def _serve(conn, parent_pid: int) -> None:
+    _watch_parent(parent_pid)
+    signal.signal(signal.SIGINT, _stop_on_first_interrupt)
+    torch.set_num_threads(1)
+    # tqdm's default lock is a multiprocessing semaphore, which the quick exit would leave to the resource
+    # tracker (with a warning); one process needs only a thread lock.
+    tqdm.set_lock(threading.RLock())
+    try:
+        conn.send(("ready",))
+        while (job := conn.recv()) is not None:
+            def on_epoch(variant: str, seed: int, row: dict) -> None:
+                conn.send(("epoch", variant, seed, row))
+
+            try:
+                with command_line_names(job["command_line"]):
+                    result = _run_job(job, on_epoch)
+            except KeyboardInterrupt:
+                return
+            except Exception as err:  # sent to the parent, which stops the others and reports it
+                conn.send(("error", _picklable(err), traceback.format_exc()))
+                return
+            conn.send(("done", result))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return  # stopped, or the parent is gone
+
+
+@dataclass
+class _Slot:
+    process: multiprocessing.process.BaseProcess
+    conn: object
+    job: dict | None = None
+    ready: bool = False  # the worker has started (imported this module, installed its handlers)
+
+
+def _start_workers(count: int) -> list[_Slot]:
+    ctx = multiprocessing.get_context("spawn")
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch at import (spawned processes inherit it)
+    slots = []
+    # The workers start with SIGINT ignored (inherited), so a Ctrl-C while they import stops them quietly (the
+    # parent stops them); each installs its own handler before it trains.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        for _ in range(count):
+            mine, theirs = ctx.Pipe()
+            process = ctx.Process(target=_worker, args=(theirs, os.getpid()), daemon=True,
+                                  name="dynshuffle-compare-worker")
+            process.start()
+            theirs.close()
+            slots.append(_Slot(process, mine))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    return slots
+
+
+def _stop_workers(slots: list[_Slot], grace: float = STOP_GRACE) -> None:
+    """Stop every worker: a finished one has been told to exit; one still training gets SIGINT (its run keeps
+    its last checkpoint), then SIGTERM and SIGKILL if it has not exited after `grace` seconds."""
+    for slot in slots:
+        if slot.process.is_alive() and slot.job is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.process.pid, signal.SIGINT)
+        elif slot.job is None:
+            with contextlib.suppress(OSError):
+                slot.conn.send(None)
+    deadline = time.monotonic() + grace
+    for slot in slots:
+        slot.process.join(max(0.0, deadline - time.monotonic()))
+    for stop in ("terminate", "kill"):
+        alive = [s for s in slots if s.process.is_alive()]
+        for slot in alive:
+            getattr(slot.process, stop)()
+        for slot in alive:
+            slot.process.join(1.0)
+    for slot in slots:
+        slot.conn.close()
+
+
+def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result) -> None:
+    """Run the jobs in `workers` spawned processes of one thread each; `on_epoch` and `on_result` are called in
+    this process. Returns when every job is done; raises KeyboardInterrupt, a run's error, or WorkerError, after
+    stopping every worker."""
+    pending = list(todo)
+
+    def give(slot: _Slot) -> None:
+        slot.job = pending.pop(0) if pending else None
+        with contextlib.suppress(OSError):  # a worker that died: the loop below reports it with its run
+            slot.conn.send(slot.job)
+
+    slots = _start_workers(workers)
+    try:
+        for slot in slots:
+            give(slot)
+        while busy := [s for s in slots if s.job is not None]:
+            ready = wait_for([s.conn for s in busy] + [s.process.sentinel for s in busy])
+            for slot in busy:
+                try:
+                    if slot.conn.poll():
+                        message = slot.conn.recv()
+                    elif slot.process.sentinel in ready:
+                        message = None
+                    else:
+                        continue
+                except (EOFError, OSError):  # the worker's end closed (a reset when it died abruptly)
+                    message = None
+                if message is None:  # the process ended without a word about its run
+                    slot.process.join(1.0)
+                    job = slot.job
+                    if not slot.ready:
+                        raise WorkerError(f"a worker process could not start (exit code {slot.process.exitcode}; "
+                                          f"its error is printed above). A script that calls compare needs "
+                                          f"`if __name__ == \"__main__\":` around it: the workers import the "
+                                          f"script again")
+                    raise WorkerError(f"the worker process training {job['variant']} seed {job['seed']} ended "
+                                      f"(exit code {slot.process.exitcode}) before the run finished; "
+                                      f"{job['run_dir']} keeps its last checkpoint, and the same compare again "
+                                      f"continues it")
+                if message[0] == "ready":
+                    slot.ready = True
+                elif message[0] == "epoch":
+                    on_epoch(*message[1:])
+                elif message[0] == "done":
+                    on_result(message[1])
+                    give(slot)
+                else:
+                    _, err, text = message
+                    slot.job = None
+                    err.add_note(f"in the compare worker process:\n{text}")
+                    raise err
+    finally:
+        _stop_workers(slots)
+
+
+def _run_jobs(todo: list[dict], workers: int, on_epoch, on_result) -> None:
+    """Run the jobs: in this process for one worker, else in `workers` spawned processes of one thread each."""
+    if workers <= 1:
+        for job in todo:
+            on_result(_run_job(job, on_epoch))
+    else:
+        _run_in_workers(todo, workers, on_epoch, on_result)
+
+
+class _Progress:
+    """The progress lines of a comparison: per epoch and per finished run, with runs done / total, the elapsed
+    time and an estimate of the time left (from the epochs trained so far in this call); printed to stdout
+    line by line, on a terminal or into a log alike."""
+
+    def __init__(self, todo: list[dict], total: int, kept: int, verbose: bool) -> None:
+        self.t0 = time.perf_counter()
+        self.epochs = {(j["variant"], j["seed"]): int(j["config"]["train"]["epochs"]) for j in todo}
+        self.left = dict(self.epochs)  # epochs still to train per run (a resumed run: known from its first epoch)
+        self.trained, self.done, self.total, self.verbose = 0, kept, total, verbose
+
+    def status(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        text = f"runs {self.done}/{self.total} done, {_duration(elapsed)} elapsed"
+        left = sum(self.left.values())
+        if left and self.trained:
+            text += f", about {_duration(elapsed / self.trained * left)} left"
+        return text
+
+    def epoch(self, variant: str, seed: int, row: dict) -> None:
+        self.trained += 1
+        epochs = self.epochs[(variant, seed)]
+        self.left[(variant, seed)] = max(0, epochs - int(row["epoch"]))
+        if self.verbose:
+            print(f"compare: {variant} seed {seed} epoch {row['epoch']}/{epochs} top-1 {row['val_top1']:.4f} "
+                  f"({self.status()})", flush=True)
+
+    def finished(self, r: dict) -> None:
+        self.done += 1
+        self.left[(r["variant"], r["seed"])] = 0
+        if self.verbose:
+            final = r["final"]
+            soft = f", soft {final['val_top1_soft']:.4f}" if final.get("val_top1_soft") is not None else ""
+            print(f"compare: {r['variant']} seed {r['seed']}: top-1 {final['val_top1']:.4f}{soft} "
+                  f"({r['seconds']:.0f}s; {self.status()})", flush=True)
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------
@@ -158,67 +425,77 @@ def _plan(jobs: list[dict], out: Path, overwrite: bool) -> tuple[list[dict], dic
             todo.append(job)
     if changed:
         raise CompareFolderError(f"{out} holds runs trained with a different recipe ({', '.join(changed[:3])}"
-                                 f"{', ...' if len(changed) > 3 else ''}); pass --overwrite to train them "
-                                 f"afresh, or choose another --out")
+                                 f"{', ...' if len(changed) > 3 else ''}); pass {arg('overwrite=True', '--overwrite')}"
+                                 f" to train them afresh, or choose another {arg('out', '--out')}")
     return todo, done
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+        raise NotADirectoryError(f"{arg('out', '--out')} {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not overwrite:
         raise CompareFolderError(f"{out} is not empty and holds no earlier compare ({MARKER} not found); "
-                                 f"choose another --out, or pass --overwrite to write into it")
+                                 f"choose another {arg('out', '--out')}, or pass "
+                                 f"{arg('overwrite=True', '--overwrite')} to write into it")
 
 
-def _run_jobs(todo: list[dict], workers: int, verbose: bool) -> list[dict]:
-    """Run the jobs: in this process for one worker, else in `workers` spawned processes of one thread each."""
-    if workers <= 1:
-        return [_run_job(job) for job in todo]
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch at import (spawned processes inherit it)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futures = [pool.submit(_run_job, job) for job in todo]
-            return [f.result() for f in as_completed(futures)]
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+def _check_data(cfg: Config, download: bool) -> None:
+    """Read the dataset once, before any run is announced or any file written: a dataset that needs a folder
+    and has none, or whose files cannot be read, fails here (with `download`, missing files are fetched
+    first)."""
+    name, root = cfg.data.name, cfg.data.root
+    info = dataset_info(name)
+    if root is None and info["found"] is None:
+        fetch = f" (with {arg('download=True', '--download')} to fetch it there)" if info["downloadable"] else ""
+        raise DataError(f"{name} needs a data folder: pass {arg('data_root=PATH', '--data PATH')}{fetch}")
+    build_datasets(name, root=root, download=download)
 
 
 def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | list[int] = 3,
             epochs: int | None = None, dataset: str = "digits", out: str | Path = "runs/compare", *,
-            data_root: str | None = None, model: str = DEFAULT_MODEL, overrides: list[str] | tuple = (),
-            latency_runs: int = 30, verbose: bool = True, workers: int | None = None,
-            overwrite: bool = False) -> list[dict]:
+            data_root: str | None = None, download: bool = False, model: str = DEFAULT_MODEL,
+            overrides: list[str] | tuple = (), latency_runs: int = 30, verbose: bool = True,
+            workers: int | None = None, overwrite: bool = False) -> list[dict]:
     """Train every variant with every seed under one recipe; write `compare.md`, `compare.csv` and (with
     matplotlib) `compare.png`, top-1 against multiply-adds, into `out`
     (and one run folder per training under `out/<variant>/seed<N>`, each with its result.json); return the rows.
 
-    The runs go to `workers` processes of one thread each (default: one per CPU core, at most one per run).
-    A second call with the same recipe reuses the finished runs and continues interrupted ones; a changed
-    recipe raises CompareFolderError unless `overwrite` (which trains every run afresh).
+    The runs go to `workers` processes of one thread each (default: one per CPU core, at most one per run);
+    start them from a script under `if __name__ == "__main__":` (the workers are spawned and import it). When
+    there is something to train, the dataset is read once first (`download` fetches missing files): missing
+    or unreadable data fails before anything is written. A second call with the same recipe reuses
+    the finished runs and continues interrupted ones; a changed recipe raises CompareFolderError unless
+    `overwrite` (which trains every run afresh). Latency: batch 1, CPU, `LATENCY_THREADS` thread(s), each
+    variant timed in turn with the fixed-shuffle model (`latency_runs` rounds; 0 skips it).
+
+    KeyboardInterrupt (Ctrl-C) or an error in a run stops every worker within seconds; runs in progress keep
+    their last checkpoint; the table of the finished runs is written, naming the unfinished ones; then the
+    exception is raised again.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # a worker importing the caller's script
+        raise RuntimeError("compare was called while a worker process imported the calling script: put the call "
+                           "under `if __name__ == \"__main__\":` (the workers import the script again)")
     variants = list(variants or DEFAULT_VARIANTS)
     for v in variants:
         _parse_variant(v)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
-        raise ValueError("compare needs at least one seed")
+        raise ValueError(f"compare needs at least one seed ({arg('seeds', '--seeds')})")
     if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ValueError(f"{arg('workers', '--workers')} must be >= 1, got {workers}")
+    if latency_runs < 0:
+        raise ValueError(f"latency_runs must be >= 0, got {latency_runs}")
     base = base_config(dataset, epochs, model)
     if data_root is not None:
         base.data.root = str(data_root)
     apply_overrides(base, list(overrides))
     out = Path(out)
     _check_out(out, overwrite)
-    spec = get_dataset_spec(dataset)
-    jobs = _jobs(base, variants, seed_list, out, verbose)
+    spec = get_dataset_spec(base.data.name)
+    jobs = _jobs(base, variants, seed_list, out)
     todo, done = _plan(jobs, out, overwrite)
+    if todo:  # (a table rebuilt from finished runs needs no data)
+        _check_data(base, download or base.data.download)
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     if verbose:
         _announce(todo, done, workers)
@@ -226,34 +503,50 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     atomic_write_text(out / MARKER, json.dumps({"dataset": dataset, "model": model, "variants": variants,
                                                 "seeds": seed_list, "epochs": base.train.epochs}, indent=1) + "\n")
     t_all = time.perf_counter()
-    for r in _run_jobs(todo, workers, verbose):
+    progress = _Progress(todo, len(jobs), len(done), verbose)
+
+    def finished(r: dict) -> None:
         done[(r["variant"], r["seed"])] = r
-        if verbose:
-            final = r["final"]
-            soft = f", soft {final['val_top1_soft']:.4f}" if final.get("val_top1_soft") is not None else ""
-            print(f"compare: {r['variant']} seed {r['seed']}: top-1 {final['val_top1']:.4f}{soft} "
-                  f"({r['seconds']:.0f}s)", flush=True)
-    rows = [_variant_row(variant, [done[(variant, seed)] for seed in seed_list],
-                         next(j["run_dir"] for j in jobs if j["variant"] == variant), model, spec.image_size,
-                         base.train.epochs, latency_runs) for variant in variants]
+        progress.finished(r)
+
+    stopped: BaseException | None = None
+    try:
+        _run_jobs(todo, workers, progress.epoch, finished)
+    except (KeyboardInterrupt, Exception) as err:  # the table of the finished runs first, then raise it again
+        stopped = err
+    unfinished = [(j["variant"], j["seed"]) for j in jobs if (j["variant"], j["seed"]) not in done]
+    table = (variants, seed_list, jobs, done, model, spec.image_size, base.train.epochs)
+    try:
+        rows = _table(*table, latency_runs if stopped is None else 0)
+    except KeyboardInterrupt as err:  # during the latency timing: the table without it
+        stopped = err
+        rows = _table(*table, 0)
     total = time.perf_counter() - t_all
-    md = format_markdown(rows, data=dataset, model=model, seeds=seed_list, epochs=base.train.epochs, seconds=total)
+    md = format_markdown(rows, data=dataset, model=model, seeds=seed_list, epochs=base.train.epochs,
+                         seconds=total, unfinished=unfinished)
     atomic_write_text(out / "compare.md", md)
     atomic_write_text(out / "compare.csv", format_csv(rows))
     written = [out / "compare.md", out / "compare.csv"]
-    if importlib.util.find_spec("matplotlib") is not None:  # optional (the viz extra)
+    if rows and stopped is None and importlib.util.find_spec("matplotlib") is not None:  # the viz extra
         written.append(plot_accuracy_vs_macs(
             rows, out / "compare.png", f"{model} on {dataset}, {base.train.epochs} epochs, seeds "
                                        f"{', '.join(map(str, seed_list))}"))
     if verbose:
         print(md, end="")
-        print(f"written: {', '.join(map(str, written))}")
+        print(f"written: {', '.join(map(str, written))}", flush=True)
+    if stopped is not None:
+        if verbose:
+            why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "a run failed"
+            print(f"compare: {why}: {len(unfinished)} of {len(jobs)} run(s) unfinished; their folders keep their "
+                  f"last checkpoint, and the same compare again continues them", flush=True)
+        raise stopped
     return rows
 
 
-def _jobs(base: Config, variants: list[str], seed_list: list[int], out: Path, verbose: bool) -> list[dict]:
+def _jobs(base: Config, variants: list[str], seed_list: list[int], out: Path) -> list[dict]:
     """One job per (variant, seed): its resolved config and run folder."""
     jobs = []
+    command_line = command_line_active()
     # Seed-major: an interrupted comparison has every variant's first seeds before any variant's last.
     for seed in seed_list:
         for variant in variants:
@@ -261,7 +554,7 @@ def _jobs(base: Config, variants: list[str], seed_list: list[int], out: Path, ve
             for key, value in _parse_variant(variant).items():
                 setattr(cfg.model, key, value)
             cfg.train.seed = seed
-            jobs.append({"variant": variant, "seed": seed, "config": cfg.to_dict(), "verbose": verbose,
+            jobs.append({"variant": variant, "seed": seed, "config": cfg.to_dict(), "command_line": command_line,
                          "run_dir": str(out / variant.replace("+", "_") / f"seed{seed}")})
     return jobs
 
@@ -275,24 +568,48 @@ def _announce(todo: list, done: dict, workers: int) -> None:
         print(f"compare: {len(todo)} run(s) to train on {how}; {len(done)} kept", flush=True)
 
 
-def _variant_row(variant: str, results: list[dict], first_run: str, model: str, image_size: int, epochs: int,
-                 latency_runs: int) -> dict:
-    """One table row: profile and latency of the first seed's model, accuracy and dependence over seeds."""
+def _table(variants: list[str], seed_list: list[int], jobs: list[dict], done: dict, model: str, image_size: int,
+           epochs: int, latency_runs: int) -> list[dict]:
+    """One row per variant with at least one finished run: profile and latency of its first finished seed's
+    model (the latency timed in turn with the fixed-shuffle model), accuracy and dependence over its seeds."""
+    rows, models = [], {}
+    for variant in variants:
+        results = [done[(variant, seed)] for seed in seed_list if (variant, seed) in done]
+        if not results:
+            continue
+        first = next(j["run_dir"] for j in jobs if (j["variant"], j["seed"]) == (variant, results[0]["seed"]))
+        models[variant] = _table_model(Path(first), results[0]["recipe"]).eval()
+        rows.append(_variant_row(variant, results, models[variant], model, image_size, epochs))
+    if rows and latency_runs:
+        if FIXED not in models:
+            fixed = copy.deepcopy(rows[0]["_recipe"])
+            fixed["model"].update(VARIANTS[FIXED])
+            models[FIXED] = _architecture(fixed).eval()
+        times = measure_latencies(models, (1, 3, image_size, image_size), FIXED, threads=LATENCY_THREADS,
+                                  repeats=latency_runs)
+        for row in rows:
+            row["latency_ms"], row["latency_ratio"] = times[row["variant"]]["ms"], times[row["variant"]]["ratio"]
+    for row in rows:
+        del row["_recipe"]
+    return rows
+
+
+def _variant_row(variant: str, results: list[dict], trained, model: str, image_size: int, epochs: int) -> dict:
     finals = [r["final"] for r in results]
-    trained = _table_model(Path(first_run), results[0]["recipe"]).eval()
     prof = profile_row(trained, image_size)
-    latency = measure_latency(trained, (1, 3, image_size, image_size), "cpu", runs=latency_runs)
     m, s = _mean_std([f["val_top1"] for f in finals])
     ms, ss = _mean_std([f["val_top1_soft"] for f in finals if f.get("val_top1_soft") is not None])
     deps = [r["dependence"] for r in results if r.get("dependence")]
     return {
         "variant": variant, "model": model, "params": prof["params"], "macs": prof["macs"],
-        "latency_ms": latency, "top1_mean": m, "top1_std": s, "top1_soft_mean": ms, "top1_soft_std": ss,
-        "gap": (ms - m) if ms is not None else None, "top5_mean": _mean_std([f["val_top5"] for f in finals])[0],
+        "latency_ms": None, "latency_ratio": None, "top1_mean": m, "top1_std": s, "top1_soft_mean": ms,
+        "top1_soft_std": ss, "gap": (ms - m) if ms is not None else None,
+        "top5_mean": _mean_std([f["val_top5"] for f in finals])[0],
         "dynamic_layers": _mean_std([d["dynamic_layers"] for d in deps])[0],
         "dynamic_layers_total": deps[0]["layers"] if deps else None,
         "distinct_median": statistics.median([d["distinct_median"] for d in deps]) if deps else None,
-        "seeds": len(results), "epochs": epochs, "train_seconds": sum(r["seconds"] for r in results),
+        "seeds": len(results), "seed_list": [r["seed"] for r in results], "epochs": epochs,
+        "train_seconds": sum(r["seconds"] for r in results), "_recipe": results[0]["recipe"],
     }
 
 
@@ -302,6 +619,11 @@ def _table_model(run_dir: Path, recipe_dict: dict):
     recipe. Parameters, multiply-adds and the operations timed do not depend on the weights' values."""
     if (run_dir / "last.safetensors").is_file():
         return build_model_from_checkpoint(run_dir, "cpu")[0]
+    return _architecture(recipe_dict)
+
+
+def _architecture(recipe_dict: dict):
+    """The model of a run's recipe, freshly initialised."""
     cfg = Config.from_dict(recipe_dict)
     spec = get_dataset_spec(cfg.data.name)
     return build_model(cfg, spec.num_classes, spec.stem)
@@ -314,21 +636,26 @@ def _pct(mean: float | None, std: float | None) -> str:
 
 
 def format_markdown(rows: list[dict], *, data: str, model: str, seeds: list[int], epochs: int,
-                    seconds: float | None = None) -> str:
+                    seconds: float | None = None, unfinished: list[tuple[str, int]] = ()) -> str:
     lines = [
         f"# dynshuffle compare: {model} on {data}, {epochs} epochs, seeds {', '.join(map(str, seeds))}",
         "",
-        "| variant | params | multiply-adds | latency (ms, batch 1) | top-1 % (exact permutation) "
+        "| variant | params | multiply-adds | latency (ms, batch 1) | latency / fixed | top-1 % (exact permutation) "
         "| top-1 % (soft matrices) | soft − exact | data-dependent layers | distinct permutations (median) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        name = r["variant"]
+        if r["seeds"] < len(seeds):
+            name += f" (seed{'s' if r['seeds'] > 1 else ''} {', '.join(map(str, r['seed_list']))} of {len(seeds)})"
         macs = f"{r['macs'] / 1e6:.2f} M" if r["macs"] is not None else "–"
+        latency = f"{r['latency_ms']:.2f}" if r.get("latency_ms") is not None else "–"
+        ratio = f"{r['latency_ratio']:.2f}" if r.get("latency_ratio") is not None else "–"
         gap = f"{100 * r['gap']:+.2f}" if r["gap"] is not None else "–"
         dep = (f"{r['dynamic_layers']:.1f} / {r['dynamic_layers_total']}"
                if r.get("dynamic_layers") is not None else "–")
         distinct = f"{r['distinct_median']:g}" if r.get("distinct_median") is not None else "–"
-        lines.append(f"| {r['variant']} | {r['params'] / 1e6:.3f} M | {macs} | {r['latency_ms']:.2f} "
+        lines.append(f"| {name} | {r['params'] / 1e6:.3f} M | {macs} | {latency} | {ratio} "
                      f"| {_pct(r['top1_mean'], r['top1_std'])} | {_pct(r['top1_soft_mean'], r['top1_soft_std'])} "
                      f"| {gap} | {dep} | {distinct} |")
     lines += ["", "Top-1 on the validation split after the last epoch, mean ± sample std over seeds. "
@@ -337,9 +664,19 @@ def format_markdown(rows: list[dict], *, data: str, model: str, seeds: list[int]
               "Data-dependent layers: dynamic-shuffle layers where at least 5 % of the validation images leave "
               "the layer's most common permutation (mean over seeds, of all dynamic layers); distinct "
               "permutations: median over those layers of the number of different permutations generated "
-              "(median over seeds)."]
+              "(median over seeds). "
+              f"Latency: one forward of the deployed model (exact permutations) on a batch of 1, CPU, "
+              f"{LATENCY_THREADS} thread, median over rounds in which every variant and the fixed-shuffle model "
+              f"run in turn, measured when this table was written; 'latency / fixed' divides it by the "
+              f"fixed-shuffle model's, the figure that stays comparable on a busy machine."]
     if seconds is not None:
-        lines.append(f"Total time {seconds:.0f} s.")
+        trained = sum(r["train_seconds"] for r in rows)
+        lines.append(f"Training time of the finished runs, summed: {_duration(trained)}; this call: "
+                     f"{_duration(seconds)}.")
+    if unfinished:
+        names = ", ".join(f"{v} seed {s}" for v, s in unfinished)
+        lines += ["", f"**Unfinished** ({len(unfinished)} run(s)): {names}. Those that started keep the checkpoint "
+                  f"of their last finished epoch; the same compare again continues them."]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -22,7 +23,8 @@ from dynshuffle.layers.base import has_shuffle_modules, shuffle_modules
 from dynshuffle.layers.dynamic import DynamicShuffle
 from dynshuffle.layers.modes import deploy_mode, shuffle_mode
 from dynshuffle.profiling.counting import count_macs, count_params
-from dynshuffle.profiling.timing import median_time
+from dynshuffle.profiling.timing import median_time, time_interleaved
+from dynshuffle.utils import arg
 
 from . import distributed as D
 
@@ -143,6 +145,32 @@ def measure_latency(model: nn.Module, input_size: tuple[int, ...], device: str |
         return 1000.0 * median_time(lambda: model(x), device, warmup, runs)
 
 
+@torch.inference_mode()
+def measure_latencies(models: Mapping[str, nn.Module], input_size: tuple[int, ...], baseline: str, *,
+                      device: str | torch.device = "cpu", threads: int | None = 1, repeats: int = 30,
+                      min_time: float = 0.02) -> dict[str, dict]:
+    """Latency of each deployed model (`deploy_mode`) and its ratio to `models[baseline]`, all timed in turn
+    (`profiling.timing.time_interleaved`) on one random batch of `input_size`, with `threads` torch threads
+    (None: the current setting): a slow phase of a shared machine slows every model alike, so the ratios
+    stay comparable. Returns {name: {"ms": median ms of one forward, "ratio": ms / the baseline's ms}};
+    the models are left as they were, and so is the thread setting."""
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not one of the models ({', '.join(models)})")
+    device = torch.device(device)
+    x = torch.randn(*input_size, device=device)
+    saved_threads = torch.get_num_threads()
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(deploy_mode(model))
+        if threads is not None:
+            torch.set_num_threads(threads)
+            stack.callback(torch.set_num_threads, saved_threads)
+        seconds = time_interleaved({name: (lambda m=model: m(x)) for name, model in models.items()}, device,
+                                   warmup=2, repeats=repeats, min_time=min_time)
+    base = seconds[baseline]
+    return {name: {"ms": 1000.0 * t, "ratio": t / base} for name, t in seconds.items()}
+
+
 def profile_row(model: nn.Module, image_size: int) -> dict:
     """{"params", "macs"} of `model` for one (3, image_size, image_size) image (see profiling.counting)."""
     shape = (3, image_size, image_size)
@@ -157,14 +185,14 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, data_root:
     Returns {"checkpoint", "dataset", "split", "epoch", "hard": {...}, "soft": {...} or None, "params", "macs"}.
     """
     if split not in ("val", "train"):
-        raise ValueError(f"--split must be 'val' or 'train', got {split!r}")
+        raise ValueError(f"{arg('split', '--split')} must be 'val' or 'train', got {split!r}")
     dev = D.resolve_device(device)
     model, meta = build_model_from_checkpoint(path, dev)
     train_cfg = meta.get("config") or {}
     data_cfg = train_cfg.get("data", {})
     name = data or data_cfg.get("name")
     if not name:
-        raise ValueError(f"{path}: the checkpoint does not name its dataset; pass --dataset")
+        raise ValueError(f"{path}: the checkpoint does not name its dataset; pass {arg('data=NAME', '--dataset NAME')}")
     root = data_root if data_root is not None else data_cfg.get("root")
     spec = get_dataset_spec(name)
     train_set, val_set = build_datasets(name, root=root)

@@ -39,7 +39,7 @@ from dynshuffle.layers.base import has_shuffle_modules
 from dynshuffle.layers.schedule import ShuffleSchedule
 from dynshuffle.models.blocks import LAYER_OPTIONS
 from dynshuffle.models.registry import create_model
-from dynshuffle.utils import write_csv
+from dynshuffle.utils import arg, write_csv
 
 from . import distributed as D
 from . import faults
@@ -194,10 +194,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
             print(note, file=sys.stderr, flush=True)
         if mode == "auto" and state is None and ctx.is_main:
             print(f"resume: no training state in {run_dir} yet (--resume auto); starting a new run", flush=True)
-        if ctx.is_main:
+        run = setup(cfg, run_dir, ctx, model)  # reads the data first: data that is missing or unreadable fails
+        if ctx.is_main:                          # before the run folder is written
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
-        run = setup(cfg, run_dir, ctx, model)
         if state is not None:
             restore(run, state)
         elif ctx.rank:
@@ -238,8 +238,9 @@ def resume_mode(cfg: Config, resume: bool | str, overwrite: bool) -> bool | str:
     if resume not in (True, False, "auto"):
         raise ValueError(f"resume: expected True, False or 'auto', got {resume!r}")
     if resume == "auto" and overwrite:
-        raise ValueError("--resume auto and --overwrite contradict each other (auto continues a run that "
-                         "--overwrite would start afresh); pass one of them")
+        auto, fresh = arg('resume="auto"', "--resume auto"), arg("overwrite=True", "--overwrite")
+        raise ValueError(f"{auto} and {fresh} contradict each other (auto continues a run that {fresh} would "
+                         f"start afresh); pass one of them")
     if resume is False and not overwrite and cfg.train.resume == "auto":
         return "auto"
     return resume
@@ -252,10 +253,12 @@ def check_run_folder(cfg: Config, run_dir: Path, *, resume: bool | str, overwrit
     if resume == "auto":
         resume = last_state.exists()
     if resume and not last_state.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint to resume from ({last_state} not found)")
+        raise FileNotFoundError(f"{arg('resume=True', '--resume')}: no checkpoint to resume from "
+                                f"({last_state} not found)")
     if not resume and not overwrite and last_state.exists():
-        raise RunFolderError(f"{run_dir} already holds a run (last.state.pt); pass --resume to continue it, "
-                             f"--overwrite to start afresh in it, or choose another --out")
+        raise RunFolderError(f"{run_dir} already holds a run (last.state.pt); pass {arg('resume=True', '--resume')} "
+                             f"to continue it, {arg('overwrite=True', '--overwrite')} to start afresh in it, or "
+                             f"choose another {arg('out_dir', '--out')}")
     if not resume:
         return None
     tensors, _, state = ckpt.load_checkpoint(last_state)
@@ -298,8 +301,9 @@ def resume_changes(saved: dict | None, cfg: Config) -> tuple[list[str], list[str
 def check_resume_overrides(saved: dict | None, cfg: Config) -> None:
     _, refused = resume_changes(saved, cfg)
     if refused:
-        raise ValueError(f"--resume cannot change {'; '.join(refused)} (the model, the dataset and the batch "
-                         f"size are fixed for a run; start a new run with --out or --overwrite)")
+        raise ValueError(f"{arg('resume', '--resume')} cannot change {'; '.join(refused)} (the model, the dataset "
+                         f"and the batch size are fixed for a run; start a new run with {arg('out_dir', '--out')} or "
+                         f"{arg('overwrite=True', '--overwrite')})")
 
 
 def _seed(cfg: Config, device: torch.device) -> None:
