@@ -29,7 +29,7 @@ _LAZY = {
     "shuffle_modules": "dynshuffle.layers.base",
     "total_orthogonality_penalty": "dynshuffle.layers.base",
     "total_diversity_reward": "dynshuffle.layers.base",
-    "fuse_for_inference": "dynshuffle.deploy.fuse",
+    "fuse_for_inference": "dynshuffle.layers.fused",
     "set_shuffle_mode": "dynshuffle.layers.modes",
     "shuffle_mode": "dynshuffle.layers.modes",
     "deploy_mode": "dynshuffle.layers.modes",

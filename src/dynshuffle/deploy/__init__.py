@@ -1,2 +1,2 @@
-"""Deployment: a model's inference form (`fuse.fuse_for_inference`), its ONNX export (`export`) and the
+"""Deployment: its ONNX export (`export`, of the inference form `layers.fused.fuse_for_inference`) and the
 conversion of someone else's network to dynamic shuffles (`conversion`)."""

@@ -1,6 +1,6 @@
 """Export a model's inference graph to ONNX, checked and verified before it replaces anything.
 
-What is exported is the fused inference form (`deploy.fuse.fuse_for_inference`, a copy): per shuffle
+What is exported is the fused inference form (`layers.fused.fuse_for_inference`, a copy): per shuffle
 module one pooling, two GEMMs (BatchNorm folded into the first, one head for A and B), one softmax, one
 argmax, the two sorts of the branch-free binarization (`functional.ranked_columns`), two table gathers that
 compose the index, and one Gather of whole rows of the (N·C, H·W) view (`functional.permute_channels`):
@@ -33,7 +33,7 @@ from torch import nn
 from dynshuffle import __version__
 from dynshuffle.checkpoints import build_model_from_checkpoint
 from dynshuffle.data.registry import get_dataset_spec
-from dynshuffle.deploy.fuse import fuse_for_inference
+from dynshuffle.layers.fused import fuse_for_inference
 from dynshuffle.layers.modes import deploy_mode
 from dynshuffle.models.blocks import STEM_INPUT_SIZE
 from dynshuffle.profiling.timing import device_of, time_pair

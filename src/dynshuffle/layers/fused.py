@@ -1,4 +1,5 @@
-"""The inference form of the shuffle modules, as module types of their own, and `fuse_for_inference`.
+"""The inference form of the shuffle modules, as module types of their own, and `fuse_for_inference` (a
+fused copy of a model).
 
 A fused module computes only the exact permutation, with the fewest operations: a `FusedDynamicShuffle`
 runs a `FusedShuffleGenerator` (BatchNorm folded, one head for A and B, the temperature folded in) and
@@ -8,6 +9,7 @@ They run in eval mode only. Export (`dynshuffle.deploy.export`) traces the fused
 from __future__ import annotations
 
 import abc
+import copy
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +37,7 @@ class FusedShuffle(nn.Module, metaclass=abc.ABCMeta):
         check_input(x, self.channels, type(self).__name__)
         if self.training:
             raise RuntimeError(f"{type(self).__name__} is for inference only (call .eval()); fuse a copy of a "
-                               f"model that should keep training: dynshuffle.fuse_for_inference(copy.deepcopy(model))")
+                               f"model: dynshuffle.fuse_for_inference(model) returns a fused copy and leaves the model trainable")
         return DF.permute_channels(x, self.exact_index(x))
 
     @torch.no_grad()
@@ -91,14 +93,15 @@ class FusedLearnedShuffle(FusedShuffle):
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:
-    """The inference form of `model`: every shuffle module replaced by its fused module (`FusedDynamicShuffle`,
-    `FusedLearnedShuffle`) in place, and `model` switched to eval mode; returns `model`, or the fused module
-    when `model` is itself a shuffle module. Irreversible: fuse a copy (`copy.deepcopy(model)`) to keep a
-    trainable model. The exact permutations are those of the unfused model (BatchNorm folding aside)."""
+    """A copy of `model` in its inference form: every shuffle module replaced by its fused module
+    (`ShuffleModule.fused()`: `FusedDynamicShuffle`, `FusedLearnedShuffle`; BatchNorm folded, one head), in
+    eval mode. `model` is not changed and keeps training. The exact permutations are those of `model`
+    (BatchNorm folding aside). A shuffle module used at several places stays shared in the copy."""
+    model = copy.deepcopy(model)
     if isinstance(model, ShuffleModule):
         return model.fused().eval()
     model.eval()
-    fused: dict[int, nn.Module] = {}  # a module used at several places stays shared
+    fused: dict[int, nn.Module] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
         if isinstance(module, ShuffleModule):
             if id(module) not in fused:

@@ -16,7 +16,6 @@ tables are built outside it.
 from __future__ import annotations
 
 import collections
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -135,7 +134,7 @@ def operator_report(model: str = "shufflenet_v2_x0_5", stem: str = "cifar", inpu
             if step == "eval":
                 counts[variant, step] = count_operators(_eval_forward(net.eval(), x))
             elif step == "eval fused":  # the inference form (`fuse_for_inference`), what deployment runs
-                fused = fuse_for_inference(copy.deepcopy(net))
+                fused = fuse_for_inference(net)
                 counts[variant, step] = count_operators(_eval_forward(fused, x))
             else:
                 set_shuffle_mode(net, "ste" if step == "train ste" else "soft")

@@ -1,12 +1,11 @@
-"""dynshuffle.deploy.fuse: `fuse_for_inference` returns a new, fused module and leaves its argument as it was,
+"""dynshuffle.layers.fused: `fuse_for_inference` returns a new, fused module and leaves its argument as it was,
 trainable (the README's example)."""
 import torch
 from torch import nn
 
 import dynshuffle
-from dynshuffle.deploy.fuse import fuse_for_inference
 from dynshuffle.layers.dynamic import DynamicShuffle
-from dynshuffle.layers.fused import FusedDynamicShuffle
+from dynshuffle.layers.fused import FusedDynamicShuffle, fuse_for_inference
 
 
 def test_fuse_returns_a_new_module_and_the_argument_keeps_training():
