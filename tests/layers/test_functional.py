@@ -215,9 +215,14 @@ def test_penalty_positive_on_soft_matrices(k, seed, scale):
     g = torch.Generator().manual_seed(seed)
     m = torch.softmax(torch.randn(k, k, generator=g, dtype=torch.float64) * scale, -1)
     penalty = DF.orthogonality_penalty(m).item()
-    is_perm = bool(((m == 1.0).sum(-1) == 1).all() and ((m == 1.0).sum(0) == 1).all())
     assert penalty >= 0.0
-    assert (penalty == 0.0) == is_perm
+    # Zero exactly on permutations; a saturated softmax is one to float precision, so the test asks for
+    # a clearly positive penalty away from the permutations and a vanishing one at them.
+    collides = m.argmax(-1).unique().numel() < k
+    if collides or bool((m.max(-1).values < 0.99).any()):
+        assert penalty > 1e-5
+    else:
+        assert penalty < k * k * 4e-4  # every entry of MMᵀ − I within 0.02 of 0
 
 
 @settings(max_examples=40, deadline=None)
