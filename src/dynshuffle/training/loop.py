@@ -468,6 +468,7 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
     stats = EpochStats.zeros(device)
     bad_loss = torch.zeros((), device=device)  # holds a non-finite loss once one occurs
     check_every = 1 if device.type == "cpu" else 50
+    cuda_graphs = cfg.train.compile == "reduce-overhead"
     last = {"lr": None, "lambda": None, "mode": None}
     t_train = time.perf_counter()
     bar = tqdm(run.train_loader, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
@@ -488,6 +489,8 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
             last["lambda"] = run.shuffle_schedule.lambda_at(global_step)
         images = run.train_tf(images.to(device, non_blocking=True), generator=run.aug_gen)
         labels = labels.to(device, non_blocking=True)
+        if cuda_graphs:  # a new step: the graphs may reuse the memory of the previous step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, run.amp_dtype):
             logits = run.model(images)
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
