@@ -140,7 +140,7 @@ class Run:
     train_loader: object
     val_loader: object
     train_sampler: DistributedSampler
-    train_tf: Callable  # BatchTransform(s), then the batch in `memory_format`
+    train_tf: Callable  # BatchTransform, then channels-last batches with train.channels_last
     val_tf: Callable
     aug_gen: torch.Generator
     model: nn.Module  # the train step's module: DDP-wrapped under torchrun, then compiled (train.compile)
@@ -152,7 +152,6 @@ class Run:
     lr_schedule: LRSchedule
     shuffle_schedule: object | None
     amp_dtype: torch.dtype | None
-    memory_format: torch.memory_format  # of the model and the batches (train.channels_last)
     steps_per_epoch: int
     show_bars: bool
     start_epoch: int = 0
@@ -374,8 +373,7 @@ def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | Non
                model=model, raw_model=model, eval_model=model, optimizer=build_optimizer(model, cfg.optim, peak),
                scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), peak_lr=peak,
                lr_schedule=build_lr_schedule(cfg.schedule, cfg.train.epochs, steps_per_epoch),
-               shuffle_schedule=shuffle_schedule, amp_dtype=amp_dtype, memory_format=memory_format,
-               steps_per_epoch=steps_per_epoch,
+               shuffle_schedule=shuffle_schedule, amp_dtype=amp_dtype, steps_per_epoch=steps_per_epoch,
                show_bars=progress_enabled(cfg.log.progress, ctx), fault=faults.from_env(ctx.rank))
 
 
