@@ -42,3 +42,19 @@ def test_layer_rows_table_judges_the_target():
     lines = format_rows(rows).splitlines()
     assert lines[2] == "| gather alone | C=116 28x28 | 64 | 0.012 | nn.ChannelShuffle | 0.010 | 1.20 | ≤ 1.2 | yes |"
     assert lines[3].endswith("| 1.50 | ≤ 1 | NO |")
+
+
+def test_bench_compiled_train_prints_eager_and_compiled_ratios(capsys, tmp_path, root):
+    """benchmarks/bench_compiled_train.py end to end with the `eager` backend (dynamo only: seconds)."""
+    spec = importlib.util.spec_from_file_location("bench_compiled_train", root / "benchmarks" / "bench_compiled_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "compiled.json"
+    assert bench.main(["--backend", "eager", "--batch", "2", "--repeats", "1", "--warmup", "0", "--eval",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for line in ("train fixed", "train dynamic soft", "train dynamic ste", "eval fixed", "eval dynamic",
+                 "train dynamic ste, compiled:", "eval dynamic, eager:"):
+        assert line in text, line
+    figures = json.loads(out.read_text())
+    assert len(figures["seconds"]) == 10 and len(figures["compile_seconds"]) == 5

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dynshuffle import checkpoints as ckpt
-from dynshuffle.training import faults
+from dynshuffle.training import faults, loop
 from dynshuffle.training.config import Config, apply_overrides
 from dynshuffle.training.distributed import DistContext, all_reduce_sum, average_buffers, setup
 from dynshuffle.utils import read_csv
@@ -86,6 +87,31 @@ def test_torchrun_two_processes_end_with_identical_weights(straight_run):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
         assert torch.equal(rank0[key], saved[key]), key
+
+
+@pytest.mark.slow
+def test_torchrun_compiled_matches_the_eager_run(tmp_path, straight_run):
+    """train.compile under DDP (the DDP module compiled, as PyTorch advises): both ranks end with the same
+    weights, those of the eager two-process run up to float rounding. The `eager` backend (dynamo and its
+    DDPOptimizer, no AOTAutograd: twice as fast to compile) keeps this test short; tests/training/
+    test_compile.py runs the compiled forward and backward with aot_eager."""
+    config, eager_run, _ = straight_run
+    cfg = apply_overrides(Config.from_dict(yaml.safe_load(config.read_text())), ["train.compile=default"])
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    run = tmp_path / "run"
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", str(runner), str(tmp_path / "cfg.yaml"), str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=_env(**{loop.COMPILE_BACKEND_ENV: "eager"}))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0, _ = ckpt.load_weights(run / "debug" / "rank0.safetensors")
+    rank1, _ = ckpt.load_weights(run / "debug" / "rank1.safetensors")
+    eager, _ = ckpt.load_weights(eager_run / "debug" / "rank0.safetensors")
+    assert rank0.keys() == rank1.keys() == eager.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+        torch.testing.assert_close(rank0[key], eager[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 TRAIN = ["-m", "dynshuffle.cli", "train"]  # torchrun ... -m dynshuffle.cli train ..., as docs/training.md writes it

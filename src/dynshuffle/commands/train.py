@@ -20,6 +20,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     parser.add_argument("--download", action="store_true",
                         help="fetch the dataset into --data if it is missing (CIFAR, Fashion-MNIST; sets data.download=true)")
+    parser.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                        help="torch.compile the train step and evaluation: --compile (mode default), --compile "
+                             "max-autotune, or reduce-overhead (CUDA graphs, CUDA only) (config key train.compile)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and batches in channels-last memory format (sets train.channels_last=true)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads of this process (default: torch's, i.e. OMP_NUM_THREADS when set, else "
                              "one per core); on a busy machine --threads 1 is often faster")
@@ -40,7 +45,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dynshuffle.training.config import load_config
+    from dynshuffle.training.config import apply_overrides, load_config
     from dynshuffle.training.loop import train
 
     config_path = args.config
@@ -63,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.root = args.data
     if args.download:
         cfg.data.download = True
+    if args.compile is not None or args.channels_last:
+        flags = ([f"train.compile={args.compile}"] if args.compile is not None else []) + \
+            (["train.channels_last=true"] if args.channels_last else [])
+        cfg = apply_overrides(cfg, flags)  # checked like --set (reduce-overhead on a CPU device)
     result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     final = result["final"]
     if final is not None and int(os.environ.get("RANK", "0")) == 0:

@@ -16,8 +16,8 @@ that uses them; the schema refers to them.
     schedule: name (cosine | linear | step | constant), warmup_epochs, min_lr_factor, milestones, gamma
     shuffle:  lambda, penalty_free_fraction, ste_fraction, temperature, final_temperature, noise, train_mode,
               eval_soft (the settings of dynshuffle.ShuffleSchedule)
-    train:    epochs, seed, device, amp, label_smoothing, steps_per_epoch, eval_steps, deterministic, resume,
-              dist_timeout
+    train:    epochs, seed, device, amp, compile, channels_last, label_smoothing, steps_per_epoch, eval_steps,
+              deterministic, resume, dist_timeout
     log:      tensorboard, progress, print_epochs
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ from .optim import LR_SCHEDULES, OPTIMIZERS
 from .typed_yaml import get, key, load_mapping, load_overrides, read_yaml, to_dict, to_yaml, yaml_key
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "ShuffleConfig", "TrainConfig",
-           "LogConfig", "RENAMED_KEYS", "REMOVED_KEYS", "upgrade", "validate", "apply_overrides", "load_config",
-           "save_config"]
+           "LogConfig", "COMPILE_MODES", "RENAMED_KEYS", "REMOVED_KEYS", "upgrade", "validate", "apply_overrides",
+           "load_config", "save_config"]
 
 # Saved files (a run's config.yaml, the config in its checkpoints, compare's result.json) keep loading after
 # a key is renamed or removed: a config read from a file or a dict goes through `upgrade`, which puts the
@@ -51,6 +51,10 @@ RENAMED_KEYS = {
     "shuffle.explore_fraction": "shuffle.penalty_free_fraction",
 }
 REMOVED_KEYS = {"train.debug_dump_weights"}
+
+# train.compile: "off", or the `mode` of torch.compile ("default" is torch's default mode). "reduce-overhead"
+# captures CUDA graphs: CUDA only.
+COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
 
 
 @dataclass
@@ -154,6 +158,11 @@ class TrainConfig:
     device: str = field(default="auto", metadata=key(doc="auto | cpu | cuda | cuda:N"))
     amp: str = field(default="auto", metadata=key(choices=("auto", "bf16", "fp16", "off"),
                                                    doc="mixed precision on CUDA (always off on CPU)"))
+    compile: str = field(default="off", metadata=key(
+        choices=COMPILE_MODES, doc="torch.compile the model for the train step and evaluation: off, or the "
+                                   "compile mode (reduce-overhead: CUDA graphs, CUDA only)"))
+    channels_last: bool = field(default=False, metadata=key(
+        doc="model and input batches in torch.channels_last memory format"))
     label_smoothing: float = 0.0
     steps_per_epoch: Optional[int] = field(default=None, metadata=key(doc="cap on steps (smoke tests)"))
     eval_steps: Optional[int] = field(default=None, metadata=key(doc="cap on evaluation batches (smoke tests)"))
@@ -249,6 +258,8 @@ def validate(cfg: Config) -> None:
     dev = cfg.train.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "train.device",
          "must be auto, cpu, cuda or cuda:N")
+    need(not (cfg.train.compile == "reduce-overhead" and dev == "cpu"), "train.compile",
+         "reduce-overhead (CUDA graphs) needs a CUDA device (train.device is cpu); use default or max-autotune")
     need(cfg.model.factors is None or len(cfg.model.factors) == 2, "model.factors", "must be two integers [n1, n2]")
 
 

@@ -7,6 +7,10 @@ for the last `shuffle.ste_fraction` of the steps) and the loss is cross-entropy 
 (lambda(step) x orthogonality penalties − diversity rewards); per epoch: evaluate with the exact
 permutation and with the soft matrices, write log.csv, save `best` and `last` checkpoints (rank 0 only).
 
+Compiled (`train.compile`): the model is compiled once, after DDP wraps it, and the train step and evaluation
+call the compiled module; the loss and the schedule's term stay outside it (lambda changes every step), and
+the schedule's mode switch costs one recompile per phase (docs/training.md, "Compiled training").
+
 Faults (docs/training.md, "Faults"): `resume="auto"` continues whatever the run folder holds, so one command
 line survives `torchrun --max-restarts`; every process's RNG streams are checkpointed, so a restarted job
 ends with the weights of an uninterrupted one; a collective that outlasts `train.dist_timeout` stops the run
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import sys
 import time
@@ -135,11 +140,12 @@ class Run:
     train_loader: object
     val_loader: object
     train_sampler: DistributedSampler
-    train_tf: nn.Module
-    val_tf: nn.Module
+    train_tf: Callable  # BatchTransform, then channels-last batches with train.channels_last
+    val_tf: Callable
     aug_gen: torch.Generator
-    model: nn.Module  # DDP-wrapped under torchrun
-    raw_model: nn.Module  # checkpoints, evaluation and the penalty read the bare model
+    model: nn.Module  # the train step's module: DDP-wrapped under torchrun, then compiled (train.compile)
+    raw_model: nn.Module  # the bare model: checkpoints, the shuffle schedule and the penalties read it
+    eval_model: nn.Module  # evaluation's module: the bare model, compiled with train.compile
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     peak_lr: float
@@ -202,9 +208,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
             restore(run, state)
         elif ctx.rank:
             torch.manual_seed(cfg.train.seed + 1000 * ctx.rank)
-        if ctx.distributed:
-            # Every dynamic module's training path gives its generator a gradient: no unused parameters.
-            run.model = DDP(run.raw_model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        wrap_model(run)
         announce(run, model_given=model is not None)
         logger = TensorBoard(run_dir / "tb", enabled=ctx.is_main and cfg.log.tensorboard,
                              purge_step=run.start_epoch + 1)
@@ -353,6 +357,9 @@ def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | Non
     if model is None:
         model = build_model(cfg, spec.num_classes, spec.stem)
     model = model.to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    if cfg.train.channels_last:  # 4-D weights; the batches follow in train_tf / val_tf
+        model = model.to(memory_format=memory_format)
     if ctx.distributed and device.type == "cuda" and cfg.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     steps_per_epoch = len(train_loader)
@@ -364,10 +371,10 @@ def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | Non
     shuffle_schedule = ShuffleSchedule(model, total_steps, **cfg.shuffle.recipe()) \
         if has_shuffle_modules(model) else None
     return Run(cfg=cfg, run_dir=run_dir, ctx=ctx, spec=spec, train_loader=train_loader, val_loader=val_loader,
-               train_sampler=sampler, train_tf=BatchTransform(spec, train=True).to(device),
-               val_tf=BatchTransform(spec, train=False).to(device),
+               train_sampler=sampler, train_tf=in_format(BatchTransform(spec, train=True).to(device), memory_format),
+               val_tf=in_format(BatchTransform(spec, train=False).to(device), memory_format),
                aug_gen=torch.Generator(device=device),  # reseeded every epoch: resumable augmentation
-               model=model, raw_model=model, optimizer=build_optimizer(model, cfg.optim, peak),
+               model=model, raw_model=model, eval_model=model, optimizer=build_optimizer(model, cfg.optim, peak),
                scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), peak_lr=peak,
                lr_schedule=build_lr_schedule(cfg.schedule, cfg.train.epochs, steps_per_epoch),
                shuffle_schedule=shuffle_schedule, amp_dtype=amp_dtype, steps_per_epoch=steps_per_epoch,
@@ -396,6 +403,49 @@ def restore(run: Run, state: dict) -> None:
         print(f"resume: {run.run_dir} from epoch {run.start_epoch}/{run.epochs}")
 
 
+COMPILE_BACKEND_ENV = "DYNSHUFFLE_COMPILE_BACKEND"  # torch.compile's backend (default inductor); the tests
+# set aot_eager, which traces and checks the same graphs in seconds where inductor takes minutes per model
+
+
+def wrap_model(run: Run) -> None:
+    """The modules the steps call. Under torchrun, DDP (every dynamic module's training path gives its generator
+    a gradient: no unused parameters). With `train.compile`, torch.compile of that module, as PyTorch advises
+    for DDP (its DDPOptimizer splits the graph at the gradient buckets, so the all-reduces still overlap the
+    backward); evaluation calls the same compiled module, or under DDP the bare model compiled on its own.
+    `run.raw_model` stays the plain module (no `_orig_mod.` prefix in checkpoints)."""
+    if run.ctx.distributed:
+        run.model = DDP(run.raw_model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if run.cfg.train.compile != "off":
+        # A fresh compile cache: a process that trains several runs (compare, the tests) would otherwise
+        # spend the per-function recompile limit on the graphs of earlier models, then run eagerly.
+        torch._dynamo.reset()
+    run.model = compile_model(run.model, run.cfg.train.compile, run.device)
+    run.eval_model = run.model if not run.ctx.distributed else \
+        compile_model(run.raw_model, run.cfg.train.compile, run.device)
+
+
+def compile_model(module: nn.Module, setting: str, device: torch.device) -> nn.Module:
+    """`module` compiled per `train.compile` ("off": `module` itself). The shuffle schedule's per-step
+    settings are attributes of the shuffle modules, which the compiled code guards on: a mode change
+    recompiles once (soft -> straight-through), and a temperature or noise that changes every step
+    becomes a graph input after its first change (one more compile, then none)."""
+    if setting == "off":
+        return module
+    if setting == "reduce-overhead" and device.type != "cuda":
+        raise ValueError(f"config key 'train.compile': 'reduce-overhead' (CUDA graphs) needs a CUDA device, "
+                         f"this run is on {device.type}; use default or max-autotune")
+    backend = os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+    mode = None if setting == "default" or backend != "inductor" else setting  # the modes are inductor's
+    return torch.compile(module, backend=backend, mode=mode)
+
+
+def in_format(transform: Callable, memory_format: torch.memory_format) -> Callable:
+    """`transform` followed by a copy into `memory_format` (`transform` itself for the default format)."""
+    if memory_format == torch.contiguous_format:
+        return transform
+    return lambda images, **kwargs: transform(images, **kwargs).contiguous(memory_format=memory_format)
+
+
 def announce(run: Run, model_given: bool) -> None:
     cfg = run.cfg
     if not (run.ctx.is_main and cfg.log.print_epochs):
@@ -420,6 +470,7 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
     stats = EpochStats.zeros(device)
     bad_loss = torch.zeros((), device=device)  # holds a non-finite loss once one occurs
     check_every = 1 if device.type == "cpu" else 50
+    cuda_graphs = cfg.train.compile == "reduce-overhead"
     last = {"lr": None, "lambda": None, "mode": None}
     t_train = time.perf_counter()
     bar = tqdm(run.train_loader, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
@@ -440,6 +491,8 @@ def train_one_epoch(run: Run, epoch: int) -> tuple[EpochStats, dict]:
             last["lambda"] = run.shuffle_schedule.lambda_at(global_step)
         images = run.train_tf(images.to(device, non_blocking=True), generator=run.aug_gen)
         labels = labels.to(device, non_blocking=True)
+        if cuda_graphs:  # a new step: the graphs may reuse the memory of the previous step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, run.amp_dtype):
             logits = run.model(images)
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
@@ -495,7 +548,7 @@ def evaluate_and_save(run: Run, epoch: int, stats: EpochStats, last: dict, t_epo
     cfg, ctx, dynamic = run.cfg, run.ctx, run.shuffle_schedule is not None
     ctx.phase = f"the evaluation of epoch {epoch + 1} (its BatchNorm-average and metric all-reduces)"
     D.average_buffers(run.raw_model, ctx)
-    ev = evaluate_modes(run.raw_model, run.val_loader, run.val_tf, run.device, soft=cfg.shuffle.eval_soft,
+    ev = evaluate_modes(run.eval_model, run.val_loader, run.val_tf, run.device, soft=cfg.shuffle.eval_soft,
                         amp_dtype=run.amp_dtype, ctx=ctx, progress=run.show_bars, max_batches=cfg.train.eval_steps)
     hard, soft = ev["hard"], ev["soft"]
     dependence = None
