@@ -28,6 +28,7 @@ def test_generated_recipes_are_current_and_load(root, env_with_src):
     assert (fashion.model.name, fashion.model.stem, fashion.data.name) == ("shufflenet_v1_g8_x0_5", "tiny", "fashion-mnist")
     assert (fashion.train.epochs, fashion.data.batch_size, fashion.optim.lr, fashion.schedule.warmup_epochs) == (10, 128, 0.1, 0.5)
     assert fashion.shuffle.penalty_free_fraction == 0.0
+    assert fashion.optim.grad_clip == 5.0  # what the Fashion-MNIST tables were trained with (method.md §8.2)
     sds = load_config(root / "configs" / "cifar100_shufflenet_v2_x1_0_sds.yaml")
     assert (sds.model.shuffle, sds.model.pointwise) == ("static", "sds")
 
