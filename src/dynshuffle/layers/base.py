@@ -339,7 +339,7 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
     def soft_factors_and_penalty(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """`soft_factors(x)` and their orthogonality penalty (see `record_penalties`), differentiable; with
         the softmax relaxation in one autograd function (`_SoftmaxFactors`)."""
-        if self.relaxation != "softmax" or DF.is_tracing():
+        if not self._lean():
             a, b = self.soft_factors(x)
             return a, b, DF.orthogonality_penalty(a).mean() + DF.orthogonality_penalty(b).mean()
         scores = self.flat_scores(x)
@@ -379,13 +379,13 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.channels, type(self).__name__)
-        if not self._lean():
-            return self._forward_general(x)
         if self.uses_soft_path():
             a, b, penalty = self.soft_factors_and_penalty(x)
             self.record_penalties(a, b, penalty)
             y = DF.kron_shuffle(x, a, b, self.groups)
             return y.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else y
+        if not self._lean():
+            return self._exact_general(x)
         learns = self.mode != "frozen" and self.training and torch.is_grad_enabled()
         if learns:
             # "ste": exact permutation forward, soft-matrix gradients backward, so the generator still learns
@@ -404,16 +404,9 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         inverse = DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0])
         return _StraightThroughShuffle.apply(x, a, b, inverse, order, self.groups)
 
-    def _forward_general(self, x: Tensor) -> Tensor:
-        """The forward for every option (Sinkhorn, claim rounds) and under exporters: factors, then a gather."""
+    def _exact_general(self, x: Tensor) -> Tensor:
+        """The exact path for every option (Sinkhorn, claim rounds) and under exporters: `binarize`, a gather."""
         scores_a, scores_b = self.scaled_logits(x)
-        if self.uses_soft_path():
-            a, b = self.soft_from_scores(scores_a, scores_b)
-            self.record_penalties(a, b)
-            y = DF.kron_shuffle(x, a, b, self.groups)
-            if _is_channels_last(x):
-                y = y.contiguous(memory_format=torch.channels_last)
-            return y
         index, perm_a, perm_b = self.index_from_scores(scores_a, scores_b)
         generator_needs_grad = torch.is_grad_enabled() and scores_a.requires_grad
         if self.mode == "frozen" or not (self.training and generator_needs_grad):
