@@ -493,3 +493,38 @@ def test_lean_path_gives_the_outputs_and_gradients_of_the_general_path(kind, sha
     assert g1.keys() == g2.keys()
     for name in g1:
         torch.testing.assert_close(g1[name], g2[name], msg=name)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "learned"])
+def test_eval_runs_the_cached_inference_form_until_a_parameter_buffer_or_temperature_changes(kind, randomize):
+    torch.manual_seed(0)
+    module = randomize(DynamicShuffle(24, 2) if kind == "dynamic" else LearnedShuffle(24, 2), scale=1.0).eval()
+    x = torch.randn(6, 24, 2, 2)
+    first = module(x)
+    fused = module.inference_form()
+    assert fused is not None and not isinstance(fused, ShuffleModule)
+    assert fused not in list(module.modules())                       # not a registered submodule
+    assert module(x).equal(first) and module.inference_form() is fused  # no rebuild
+    torch.testing.assert_close(first, DF.permute_channels(x, module.permutation(x)))
+    # The eval forward is the fused copy's, which is what `fuse_for_inference` returns.
+    torch.testing.assert_close(first, module.fused().eval()(x))
+
+    with torch.no_grad():  # what an optimizer step does: an in-place update
+        next(module.parameters()).mul_(-3.0)
+    assert module.inference_form() is not fused
+    torch.testing.assert_close(module(x), module.fused().eval()(x))
+    fused = module.inference_form()
+    module.temperature = 3.0
+    assert module.inference_form() is not fused
+    if kind == "dynamic":  # a training forward moves the generator's BatchNorm statistics: a buffer
+        fused = module.inference_form()
+        module.train()(x)
+        module.eval()
+        assert module.inference_form() is not fused
+    # Training, mode "soft" and copies run without it; a copy does not share the cached module.
+    assert module.train().inference_form() is None
+    module.eval().mode = "soft"
+    assert module.inference_form() is None
+    module.mode = "auto"
+    module.inference_form()
+    assert copy.deepcopy(module)._inference_cache is None

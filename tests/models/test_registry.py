@@ -7,7 +7,7 @@ import json
 import pytest
 from torch import nn
 
-from dynshuffle.models import shufflenet_v1, shufflenet_v2
+from dynshuffle.models import registry, shufflenet_v1, shufflenet_v2
 from dynshuffle.models.registry import create_model, list_models, model_from_config, register_model
 from dynshuffle.models.shufflenet_v1 import ShuffleNetV1
 
@@ -60,7 +60,10 @@ def test_create_model_records_config_and_rebuilds():
     assert create_model("shufflenet_v2_x0_5", width=0.5).width == 0.5
 
 
-def test_register_model_decorator():
+def test_register_model_decorator(monkeypatch):
+    # A private copy of the registry: the test's model must not outlive it (`dynshuffle models` lists all).
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
     @register_model(name="_test_tiny_net")
     def _factory(num_classes: int = 4):
         return nn.Sequential(nn.Flatten(), nn.Linear(12, num_classes))

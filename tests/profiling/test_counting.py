@@ -60,13 +60,16 @@ def test_the_shuffle_work_is_counted_exactly():
     kw = {"num_classes": 10, "stem": "cifar"}
     static, dynamic = ShuffleNetV2(0.5, **kw), ShuffleNetV2(0.5, shuffle="dynamic", **kw)
     learned, sds = ShuffleNetV2(0.5, shuffle="learned", **kw), ShuffleNetV2(0.5, pointwise="sds", **kw)
-    # the generators' linears, once per image: C·d (reduce) + d·(n1² + n2²) (the two heads)
-    generators = sum(m.hidden * (m.channels + m.n1 ** 2 + m.n2 ** 2) for m in shuffle_modules(dynamic))
+    # the generators' linears, once per image, in the inference form that eval runs: C·d (reduce) + d·(n1 + n2)²
+    # (one head writing the block-diagonal score matrix of A and B)
+    generators = sum(m.hidden * (m.channels + (m.n1 + m.n2) ** 2) for m in shuffle_modules(dynamic))
     assert count_macs(dynamic, 32) - count_macs(static, 32) == generators
     assert count_macs(learned, 32) == count_macs(static, 32)  # inference is a gather: nothing to count
-    # SDS's mixing is matrix work the conv/linear hooks cannot see: C·(n1 + n2) per pixel (factored)
+    # What the conv/linear hooks cannot see: SDS's mixing, C·(n1 + n2) per pixel (factored), and the inference
+    # form of its generator (functional linears, as above)
     mixing = sum(c * (m.dynamic.n1 + m.dynamic.n2) * h * w for m, (c, h, w) in _sds_inputs(sds, 32).items())
-    assert count_macs(sds, 32) - count_conv_linear_macs(sds, 32) == mixing
+    sds_generators = sum(m.hidden * (m.channels + (m.n1 + m.n2) ** 2) for m in shuffle_modules(sds))
+    assert count_macs(sds, 32) - count_conv_linear_macs(sds, 32) == mixing + sds_generators
     # a static model's training FLOPs are twice its multiply-adds (no elementwise work is counted there)
     assert count_flops(static, 32) == 2 * count_macs(static, 32)
     # the training FLOPs of each variant (CIFAR stem, 10 classes; docs/models.md has the tables)

@@ -143,16 +143,7 @@ class _StraightThroughShuffle(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, a_soft, b_soft, inverse, order, groups):
-        n, c, h, w = x.shape
-        if _is_channels_last(x):  # scatter along the innermost (channel) axis of the NHWC view
-            rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-            channel = (inverse.view(n, c) - _sample_rows(n, c, x.device)).unsqueeze(1).expand(n, h * w, c)
-            y = torch.empty_like(rows).scatter_(2, channel, rows).view(n, h, w, c).permute(0, 3, 1, 2)
-            ctx.channel = channel
-        else:
-            y = x.new_empty(x.shape)
-            y.view(n * c, h * w).index_copy_(0, inverse, x.reshape(n * c, h * w))
-            ctx.channel = None
+        y, ctx.channel = _scatter(x, inverse)
         ctx.save_for_backward(y, inverse, order)
         ctx.groups, ctx.n1 = groups, (0 if a_soft is None else a_soft.shape[-1])
         ctx.a_shape = None if a_soft is None else a_soft.shape
@@ -198,7 +189,22 @@ def scatter_channels(x: Tensor, inverse: Tensor, order: Tensor, groups: int) -> 
     """The exact permutation applied by scattering: input channel `c` of sample `s` to row `inverse[s * C + c]`
     of the output's `(N * C, H * W)` view (`DF.inverse_composed_index`); differentiable in `x` (a gather
     backward), no gradient to the factors."""
-    return _StraightThroughShuffle.apply(x, None, None, inverse, order, groups)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _StraightThroughShuffle.apply(x, None, None, inverse, order, groups)
+    return _scatter(x, inverse)[0]  # without an autograd function: its call costs as much as the scatter at batch 1
+
+
+def _scatter(x: Tensor, inverse: Tensor) -> tuple[Tensor, Tensor | None]:
+    """`scatter_channels`' forward: the output, and for a channels-last input the per-pixel channel index
+    that its backward gathers with (None otherwise: the backward gathers rows with `inverse`)."""
+    n, c, h, w = x.shape
+    if _is_channels_last(x):  # scatter along the innermost (channel) axis of the NHWC view
+        rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        channel = (inverse.view(n, c) - _sample_rows(n, c, x.device)).unsqueeze(1).expand(n, h * w, c)
+        return torch.empty_like(rows).scatter_(2, channel, rows).view(n, h, w, c).permute(0, 3, 1, 2), channel
+    y = x.new_empty(x.shape)
+    y.view(n * c, h * w).index_copy_(0, inverse, x.reshape(n * c, h * w))
+    return y, None
 
 
 def _sum_to(grad: Tensor, shape) -> Tensor:
@@ -244,12 +250,16 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         # What the last forward on a matrix path recorded for the loss (None after any other forward).
         self.orthogonality_penalty: Tensor | None = None
         self.diversity_reward: Tensor | None = None
+        # (tensor slots, their key, fused module) of `inference_form`; a tuple, so that the fused copy is
+        # not a registered submodule.
+        self._inference_cache: tuple | None = None
 
     def __getstate__(self):
-        # The last penalties are non-leaf tensors of the last graph: copies (deepcopy for EMA, pickling)
-        # start without them.
+        # The last penalties are non-leaf tensors of the last graph, and the cached inference form belongs
+        # to these parameters: copies (deepcopy for EMA, pickling) start without them.
         state = self.__dict__.copy()
         state["orthogonality_penalty"] = state["diversity_reward"] = None
+        state["_inference_cache"] = None
         return state
 
     @property
@@ -366,11 +376,47 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         return DF.compose_permutation(perm_a, perm_b, self.groups), perm_a, perm_b
 
     def exact_index(self, x: Tensor) -> Tensor:
-        """The composed exact permutation index `(N|1, C)` for `x` (see `permutation`)."""
+        """The composed exact permutation index `(N|1, C)` for `x` (see `permutation`): the inference form's
+        where the forward runs it, so that `permutation` reports what the forward applies."""
+        fused = self.inference_form()
+        if fused is not None:
+            return fused.exact_index(x)
         return self.index_from_scores(*self.scaled_logits(x))[0]
 
     def uses_soft_path(self) -> bool:
         return self.mode == "soft" or (self.mode == "auto" and self.training)
+
+    def inference_form(self) -> nn.Module | None:
+        """The fused module (`fused()`) that this module's eval forward and `permutation` run, or None where
+        they take the unfused path (training, mode "soft", an option without a lean path, under an exporter
+        or torch.compile, which trace the unfused math).
+
+        The fused form computes only the permutation (BatchNorm folded, one head and one sort for both
+        factors; a learned shuffle's permutation is a constant), in fewer operators than the unfused path
+        (docs/performance.md, "Operators per step"). It is built on first use and rebuilt when a parameter
+        or buffer changes (an optimizer step, a BatchNorm update or a loaded state bumps its version counter
+        or replaces its storage) or the temperature or device does: an eval after every epoch rebuilds it
+        once. Its permutations are this module's up to the float rounding of the folding.
+        """
+        if self.training or self.mode == "soft" or torch.compiler.is_compiling() or not self._lean():
+            return None
+        cache = self._inference_cache
+        if cache is not None and cache[1] == self._state_key(cache[0]):
+            return cache[2]
+        slots = [(table, name) for module in self.modules() for table in (module._parameters, module._buffers)
+                 for name, t in table.items() if t is not None]
+        # Built outside inference mode: the fused copy's tensors must also serve a later plain eval.
+        with torch.inference_mode(False), torch.no_grad():
+            fused = self.fused().eval()
+        self._inference_cache = (slots, self._state_key(slots), fused)
+        return fused
+
+    def _state_key(self, slots) -> tuple:
+        """What `inference_form`'s cache depends on: each tensor's version counter and storage (read through
+        its owning module's dict, so a replaced parameter counts too: cheaper than walking `parameters()`,
+        which at batch 1 costs as much as the permutation), the temperature and the device."""
+        tensors = [table[name] for table, name in slots]
+        return tuple((t._version, t.data_ptr()) for t in tensors) + (self.temperature, tensors[0].device)
 
     def _lean(self) -> bool:
         """Whether the forward takes the launch-lean path: softmax relaxation, no claim rounds, not traced by
@@ -378,6 +424,10 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         return self.relaxation == "softmax" and not self.binarize_rounds and not DF.is_tracing()
 
     def forward(self, x: Tensor) -> Tensor:
+        fused = self.inference_form()
+        if fused is not None:
+            self.orthogonality_penalty = self.diversity_reward = None
+            return fused(x)
         check_input(x, self.channels, type(self).__name__)
         if self.uses_soft_path():
             a, b, penalty = self.soft_factors_and_penalty(x)

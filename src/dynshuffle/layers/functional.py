@@ -281,28 +281,26 @@ def inverse_composed_index(order: Tensor, n1: int, n2: int, groups: int, batch: 
     """Where each input channel goes: `(batch * C,)` flat row indices of the `(N * C, H * W)` view, the
     inverse of `compose_permutation` for the rows sorted by `factor_orders` (`order`: `(N|1, n1 + n2)`, or
     `(N|1, G, n1 + n2)` with one pair per group). Input channel `g * n + a * n2 + b` of sample `s` goes to
-    output channel `(order_a[a] * n2 + order_b[b]) * G + g`, row `s * C` of that view. Three ops: one
-    gather from a constant table and two scaled adds; a batch-1 order broadcasts over `batch`.
+    output channel `(order_a[a] * n2 + order_b[b]) * G + g`, row `s * C` of that view. Two broadcast adds
+    onto a constant base; a batch-1 order broadcasts over `batch`.
     """
-    k = n1 + n2
-    stride = k if order.dim() == 3 else 0
-    table, base = _tables(_inverse_tables)(n1, n2, groups, stride, batch, order.device)
-    picked = order.flatten(1).index_select(1, table)             # (N|1, 2C): order_a[a], then order_b[b] + n1
-    c = n1 * n2 * groups
-    out = torch.add(base, picked[:, :c], alpha=n2 * groups)
-    return out.add_(picked[:, c:], alpha=groups).view(-1)
+    lead = order.shape[0]
+    heads = groups if order.dim() == 3 else 1
+    # Views of the order, laid out as the input channels (sample, group, a, b); B's entries carry n1.
+    order_a = order[..., :n1].reshape(lead, heads, n1, 1)
+    order_b = order[..., n1:].reshape(lead, heads, 1, n2)
+    base = _tables(_inverse_base)(n1, n2, groups, batch, order.device)
+    out = torch.add(base, order_a, alpha=n2 * groups)
+    return torch.add(out, order_b, alpha=groups).view(-1)
 
 
 @functools.lru_cache(maxsize=256)
-def _inverse_tables(n1: int, n2: int, groups: int, stride: int, batch: int, device) -> tuple[Tensor, Tensor]:
-    """`inverse_composed_index`'s tables: for input channel `c = g * n + a * n2 + b`, where to read A's and
-    B's order (`g * stride + a`, `g * stride + n1 + b`), and the base `s * C + g - G * n1` per sample `s`
-    (which also removes B's offset)."""
-    n = n1 * n2
-    ins = [(c // n, (c % n) // n2, c % n2) for c in range(n * groups)]
-    take = [g * stride + a for g, a, _ in ins] + [g * stride + n1 + b for g, _, b in ins]
-    base = [[s * n * groups + g - groups * n1 for g, _, _ in ins] for s in range(batch)]
-    return torch.tensor(take, device=device), torch.tensor(base, device=device)
+def _inverse_base(n1: int, n2: int, groups: int, batch: int, device) -> Tensor:
+    """`inverse_composed_index`'s base `s * C + g - G * n1` for sample `s` and group `g` (the `- G * n1`
+    removes B's offset in the order), shaped `(batch, G, 1, 1)`."""
+    c = n1 * n2 * groups
+    base = [[[[s * c + g - groups * n1]] for g in range(groups)] for s in range(batch)]
+    return torch.tensor(base, device=device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -328,7 +326,22 @@ def _marked_columns(col: Tensor, mark: Tensor) -> Tensor:
 def is_tracing() -> bool:
     """Whether the code runs under a tracer or exporter (TorchScript tracing, ONNX export, torch.export)."""
     exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(exporting and exporting())
+    if torch.jit.is_tracing() or (exporting and exporting()):
+        return True
+    # dynamo traces the public function, not the flags' module
+    return torch.onnx.is_in_onnx_export() if torch.compiler.is_compiling() else _onnx_exporting()()
+
+
+@functools.cache
+def _onnx_exporting():
+    """`torch.onnx.is_in_onnx_export` without the imports it runs on every call (most of its cost: the
+    fused eval path asks once per module and call), or that function where its flags moved."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
 
 
 def is_permutation(index: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import ShuffleModule, check_initial_confidence, check_input, initial_logit
+from .base import ShuffleModule, check_initial_confidence, initial_logit
 from .fused import FusedLearnedShuffle
 
 __all__ = ["LearnedShuffle"]
@@ -33,33 +33,8 @@ class LearnedShuffle(ShuffleModule):
         self.logits_a = nn.Parameter(diagonal(self.n1))
         self.logits_b = nn.Parameter(diagonal(self.n2))
 
-        self._cache: tuple[tuple, Tensor] | None = None
-
     def flat_logits(self, x: Tensor) -> Tensor:
         return torch.cat([self.logits_a.view(1, -1), self.logits_b.view(1, -1)], 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training or self.mode == "soft" or not self._lean() or torch.compiler.is_compiling():
-            return super().forward(x)
-        # The exact path in eval: the same permutation for every input and every call until the logits
-        # change, so it is computed once and applied as one index_select.
-        check_input(x, self.channels, type(self).__name__)
-        self.orthogonality_penalty = self.diversity_reward = None
-        return x.index_select(1, self._constant_index(x.device))
-
-    def _constant_index(self, device) -> Tensor:
-        """The `(C,)` exact permutation, recomputed only when the logits change (an optimizer step or a
-        loaded state bumps their version counters) or the temperature or device does."""
-        key = tuple((p._version, p.data_ptr()) for p in (self.logits_a, self.logits_b)) + (self.temperature, device)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self.exact_index(None)[0].to(device))
-        return self._cache[1]
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_cache"] = None
-        return state
 
     @torch.no_grad()
     def fused(self) -> FusedLearnedShuffle:
