@@ -14,9 +14,9 @@ from dynshuffle.models.shufflenet_v1 import ShuffleNetV1
 
 def test_registry_names_and_patterns():
     names = list_models()
-    assert {"shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"} <= set(names)
+    assert {"shufflenet_v2_x0_5", "shufflenet_v2_x0_625", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"} <= set(names)
     assert names == sorted(names)
-    assert list_models("shufflenet_v2_*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+    assert list_models("shufflenet_v2_*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x0_625", "shufflenet_v2_x1_0",
                                                "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
     assert all(n.startswith("shufflenet_v1_g3_") for n in list_models("shufflenet_v1_g3_*"))
     assert list_models("nothing*") == []
@@ -26,7 +26,7 @@ def test_every_registered_model_is_a_visible_definition():
     # One `def <name>` per registered model (as timm does): searching the source for a name finds it,
     # and the function is the module attribute of that name, not a factory made in a loop.
     names = list_models("shufflenet_*")
-    assert len(names) == 23
+    assert len(names) == 24
     for name in names:
         module = shufflenet_v1 if name.startswith("shufflenet_v1") else shufflenet_v2
         fn = getattr(module, name)

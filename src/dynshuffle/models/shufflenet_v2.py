@@ -26,11 +26,14 @@ from .blocks import (
 from .registry import register_model
 
 __all__ = ["ShuffleNetV2", "ShuffleV2Unit", "V2_WIDTHS",
-           "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
+           "shufflenet_v2_x0_5", "shufflenet_v2_x0_625", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
 
-# width -> (stage widths, conv5 width): the paper's Table 5 / torchvision / ShuffleNet-Series.
+# width -> (stage widths, conv5 width): the paper's Table 5 / torchvision / ShuffleNet-Series, and 0.625 (not
+# the paper's), the width at which the SDS model costs the fixed 0.5x's multiply-adds (docs/method.md §8.4):
+# SDS replaces C² by C·(n1 + n2) per pixel in the branches, so it has the budget for wider stages.
 V2_WIDTHS: dict[float, tuple[tuple[int, int, int], int]] = {
     0.5: ((48, 96, 192), 1024),
+    0.625: ((60, 120, 240), 1024),
     1.0: ((116, 232, 464), 1024),
     1.5: ((176, 352, 704), 1024),
     2.0: ((244, 488, 976), 2048),
@@ -172,6 +175,13 @@ def _build(width: float, kwargs: dict) -> ShuffleNetV2:
 def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
     """ShuffleNetV2 0.5x; keyword arguments as `ShuffleNetV2`."""
     return _build(0.5, kwargs)
+
+
+@register_model
+def shufflenet_v2_x0_625(**kwargs) -> ShuffleNetV2:
+    """ShuffleNetV2 0.625x (stages 60, 120, 240; not in the paper): the SDS model at the fixed 0.5x's
+    multiply-adds; keyword arguments as `ShuffleNetV2`."""
+    return _build(0.625, kwargs)
 
 
 @register_model
