@@ -297,3 +297,56 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
     assert proc.returncode == 1
     assert "a worker process could not start" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
     assert not list((tmp_path / "cmp").glob("*/seed0/config.yaml"))  # no run was started, by anyone
+
+
+def _compare_folder(folder, model, rows):
+    from dynshuffle.training.compare import format_csv
+
+    folder.mkdir(parents=True)
+    (folder / "compare.csv").write_text(format_csv([{"model": model, "epochs": 10, **r} for r in rows]))
+    return folder
+
+
+def test_merge_puts_several_compare_tables_on_one_multiply_add_axis(tmp_path, cli):
+    narrow = _compare_folder(tmp_path / "x0_5", "shufflenet_v2_x0_5", [
+        {"variant": "static", "params": 352042, "macs": 2920888, "top1_mean": 0.9012, "top1_std": 0.0021, "seeds": 3},
+        {"variant": "sds", "params": 277156, "macs": 2220480, "top1_mean": 0.8850, "top1_std": 0.0030, "seeds": 3}])
+    wide = _compare_folder(tmp_path / "x0_625", "shufflenet_v2_x0_625", [
+        {"variant": "sds", "params": 354244, "macs": 2807772, "top1_mean": 0.9034, "top1_std": 0.0012, "seeds": 2}])
+    out = tmp_path / "merged"
+    assert cli(["compare", "--merge", str(narrow), str(wide), "--out", str(out), "--title", "SDS at equal cost"]) == 0
+    table = (out / "compare.md").read_text().splitlines()
+    assert table[0] == "# dynshuffle compare --merge: SDS at equal cost"
+    rows = [line for line in table if line.startswith("| shufflenet")]
+    assert rows == [  # sorted by multiply-adds
+        "| shufflenet_v2_x0_5 | sds | 0.277 M | 2.22 M | 88.50 ± 0.30 | 3 | 10 | x0_5 |",
+        "| shufflenet_v2_x0_625 | sds | 0.354 M | 2.81 M | 90.34 ± 0.12 | 2 | 10 | x0_625 |",
+        "| shufflenet_v2_x0_5 | static | 0.352 M | 2.92 M | 90.12 ± 0.21 | 3 | 10 | x0_5 |"]
+    with open(out / "compare.csv", newline="") as fh:
+        merged = list(csv.DictReader(fh))
+    assert [(r["model"], r["variant"], r["macs"], r["source"]) for r in merged] == [
+        ("shufflenet_v2_x0_5", "sds", "2220480", "x0_5"), ("shufflenet_v2_x0_625", "sds", "2807772", "x0_625"),
+        ("shufflenet_v2_x0_5", "static", "2920888", "x0_5")]
+    assert (out / "compare.png").stat().st_size > 0
+
+
+def test_merge_errors_name_the_folder_and_never_overwrite_a_source(tmp_path, cli, capsys):
+    from dynshuffle.data.errors import DataError
+    from dynshuffle.training.compare import merge_compares
+
+    source = _compare_folder(tmp_path / "a", "m", [{"variant": "static", "params": 1, "macs": 2, "top1_mean": 0.5,
+                                                    "top1_std": 0.0, "seeds": 3}])
+    before = (source / "compare.csv").read_text()
+    with pytest.raises(ValueError, match="one of the folders to merge"):
+        merge_compares([source], source, verbose=False)
+    assert (source / "compare.csv").read_text() == before
+    with pytest.raises(DataError, match=r"missing.*compare\.csv: no such file"):
+        merge_compares([source, tmp_path / "missing"], tmp_path / "out", verbose=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "compare.csv").write_text("variant,model,macs,top1_mean,top1_std,seeds\nstatic,m,lots,0.5,0,3\n")
+    with pytest.raises(DataError, match=r"compare\.csv, line 2: macs is 'lots', not a number"):
+        merge_compares([tmp_path / "bad"], tmp_path / "out", verbose=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "compare.csv").write_text("a,b\n1,2\n")
+    assert cli(["compare", "--merge", str(tmp_path / "other"), "--out", str(tmp_path / "out")]) != 0
+    assert "is not a compare table: it lacks the column(s) variant, model, macs" in capsys.readouterr().err

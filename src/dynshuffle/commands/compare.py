@@ -24,6 +24,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/compare", metavar="DIR",
                         help="output folder: compare.md, compare.csv and one run folder per training "
                              "(a rerun keeps the runs finished with the same recipe)")
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="train nothing: write one table and one top-1-against-multiply-adds picture of these "
+                             "finished compare folders into --out (e.g. two widths of a model)")
+    parser.add_argument("--title", help="title of the --merge table and picture")
     parser.add_argument("--overwrite", action="store_true",
                         help="train every run afresh, even if --out holds runs of another recipe")
 
@@ -31,8 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train and write the table; Ctrl-C stops the workers, writes the table of the finished runs and exits 130
     (the CLI's KeyboardInterrupt exit)."""
-    from dynshuffle.training.compare import compare
+    from dynshuffle.training.compare import compare, merge_compares
 
+    if args.merge:
+        merge_compares(args.merge, args.out, title=args.title)
+        return 0
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:

@@ -680,6 +680,84 @@ def format_markdown(rows: list[dict], *, data: str, model: str, seeds: list[int]
     return "\n".join(lines) + "\n"
 
 
+MERGED_COLUMNS = ["model", "variant", "params", "macs", "top1_mean", "top1_std", "seeds", "epochs", "source"]
+_INTEGER_COLUMNS = ("params", "macs", "seeds", "epochs", "dynamic_layers_total")
+
+
+def read_compare_csv(path: str | os.PathLike) -> list[dict]:
+    """The rows of a `compare.csv` with numbers as numbers (an empty cell is None); `DataError` naming the file
+    when it is missing or is not a compare table."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (a folder that `dynshuffle compare` wrote holds one)")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("variant", "model", "macs", "top1_mean", "top1_std", "seeds") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path} is not a compare table: it lacks the column(s) {', '.join(missing)}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row: dict = {}
+            for key, text in raw.items():
+                if key in ("variant", "model") or key is None:
+                    row[key] = text
+                    continue
+                try:
+                    row[key] = None if text in ("", None) else (int(float(text)) if key in _INTEGER_COLUMNS else float(text))
+                except ValueError:
+                    raise DataError(f"{path}, line {line}: {key} is {text!r}, not a number") from None
+            rows.append(row)
+    return rows
+
+
+def merge_compares(folders: list[str | os.PathLike], out: str | os.PathLike, title: str | None = None,
+                   verbose: bool = True) -> list[Path]:
+    """One table and one picture of several finished `compare` folders, e.g. two widths of a model: top-1
+    against multiply-adds, so a variant reads against the fixed shuffle at equal cost. Trains nothing; reads
+    each folder's `compare.csv` and writes `compare.md`, `compare.csv` and (with matplotlib) `compare.png`
+    into `out`. Returns the paths written."""
+    if not folders:
+        raise ValueError(f"{arg('folders', '--merge')} needs at least one compare folder")
+    out = Path(out)
+    for folder in folders:
+        if out.resolve() == Path(folder).resolve():
+            raise ValueError(f"{arg('out', '--out')} {out} is one of the folders to merge: its compare table would be "
+                             f"overwritten; write the merged table elsewhere")
+    if (out / MARKER).exists():
+        raise CompareFolderError(f"{out} holds the runs of a compare ({MARKER}): write the merged table elsewhere")
+    rows = []
+    for folder in folders:
+        for row in read_compare_csv(Path(folder) / "compare.csv"):
+            rows.append({**row, "source": Path(folder).name})
+    rows.sort(key=lambda r: (r["macs"] if r["macs"] is not None else float("inf"), r["model"], r["variant"]))
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or "top-1 against multiply-adds: " + ", ".join(Path(f).name for f in folders)
+    lines = [f"# dynshuffle compare --merge: {title}", "",
+             "| model | variant | params | multiply-adds | top-1 % | seeds | epochs | folder |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        macs = f"{r['macs'] / 1e6:.2f} M" if r["macs"] is not None else "–"
+        epochs = r.get("epochs") if r.get("epochs") is not None else "–"
+        lines.append(f"| {r['model']} | {r['variant']} | {r['params'] / 1e6:.3f} M | {macs} "
+                     f"| {_pct(r['top1_mean'], r['top1_std'])} | {r['seeds']} | {epochs} | {r['source']} |")
+    lines += ["", "Rows of the `compare` tables of the folders named, sorted by multiply-adds; top-1 mean ± sample "
+              "std over seeds, as in each folder's table (which also holds latency and data dependence)."]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MERGED_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in MERGED_COLUMNS})
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "compare.csv", buf.getvalue())
+    written = [out / "compare.md", out / "compare.csv"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        written.append(plot_accuracy_vs_macs(rows, out / "compare.png", title))
+    if verbose:
+        print("\n".join(lines))
+        print(f"written: {', '.join(map(str, written))}", flush=True)
+    return written
+
+
 def format_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
