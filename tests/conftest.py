@@ -190,9 +190,9 @@ SMALL_MODEL = "test_shufflenet_v2_4_units"
 @pytest.fixture(scope="module")
 def small_model():
     """The registry name of `small_shufflenet_v2`, registered while the test module that asks for it runs (and
-    removed after it: other modules see the package's registry). For the tests whose cost is torch.compile's
-    tracing, which grows with the number of units, and whose checks hold for any number of them: graph
-    breaks, compiles per phase, compiled against eager numbers."""
+    removed after it: other modules see the package's registry). For the tests whose cost grows with the number
+    of units (torch.compile's tracing above all) and whose checks hold for any number of them: graph breaks,
+    compiles per phase, compiled against eager numbers, exact resume."""
     from dynshuffle.models import registry
 
     with pytest.MonkeyPatch.context() as mp:

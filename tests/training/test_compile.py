@@ -155,8 +155,8 @@ def test_annealed_temperature_and_noise_compile_once_more_not_every_step(tmp_pat
     `temperature != 1.0`, so a step at exactly 1.0 would compile once more.) With channels_last: the compiled
     step on channels-last weights and batches."""
     cfg = small_config(**{"train.compile": "default", "train.epochs": 1, "train.steps_per_epoch": 4,
-                         "shuffle.ste_fraction": 0.0, "shuffle.temperature": 2.0, "shuffle.final_temperature": 0.3,
-                         "shuffle.noise": 0.3, "shuffle.eval_soft": False, "train.channels_last": True})
+                          "shuffle.ste_fraction": 0.0, "shuffle.temperature": 2.0, "shuffle.final_temperature": 0.3,
+                          "shuffle.noise": 0.3, "shuffle.eval_soft": False, "train.channels_last": True})
     monkeypatch.setenv(loop.COMPILE_BACKEND_ENV, COUNTING_DYNAMO_BACKEND)
     result, per_epoch, breaks = counted_train(cfg, tmp_path / "run")
     assert breaks == 0
