@@ -2,6 +2,7 @@
 dynshuffle/layers/dynamic.py, and so on). Helpers are fixtures, not imports between test files."""
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 from pathlib import Path
@@ -168,6 +169,42 @@ def static_config(tiny_config):
                               **overrides})
 
     return make
+
+
+def small_shufflenet_v2(**kwargs):
+    """ShuffleNetV2 0.5x cut to 4 of its 16 units: stage 2's stride-2 unit and its first stride-1 unit, and the
+    stride-2 units of stages 3 and 4. Every kind of unit, shuffle slot and head is there, so the code paths are
+    the full model's; compiling it traces a quarter of the graph. Self-contained (its source is written into
+    the runner scripts of subprocesses, see `small_model_code`)."""
+    from dynshuffle.models.registry import create_model
+
+    kwargs.pop("width", None)  # a checkpoint's model config (model_from_config) passes the recorded width back
+    model = create_model("shufflenet_v2_x0_5", **kwargs)
+    model.stage2, model.stage3, model.stage4 = model.stage2[:2], model.stage3[:1], model.stage4[:1]
+    return model
+
+
+SMALL_MODEL = "test_shufflenet_v2_4_units"
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """The registry name of `small_shufflenet_v2`, registered while the test module that asks for it runs (and
+    removed after it: other modules see the package's registry). For the tests whose cost grows with the number
+    of units (torch.compile's tracing above all) and whose checks hold for any number of them: graph breaks,
+    compiles per phase, compiled against eager numbers, exact resume."""
+    from dynshuffle.models import registry
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(registry._REGISTRY, SMALL_MODEL, small_shufflenet_v2)
+        yield SMALL_MODEL
+
+
+@pytest.fixture(scope="session")
+def small_model_code() -> str:
+    """Python source that registers `small_model` under the same name, for a script that a subprocess runs."""
+    return (inspect.getsource(small_shufflenet_v2) + "\n\nfrom dynshuffle.models.registry import register_model\n"
+            f"register_model(small_shufflenet_v2, name={SMALL_MODEL!r})\n")
 
 
 @pytest.fixture(scope="session")

@@ -44,14 +44,15 @@ def test_layer_rows_table_judges_the_target():
     assert lines[3].endswith("| 1.50 | ≤ 1 | NO |")
 
 
-def test_bench_compiled_train_prints_eager_and_compiled_ratios(capsys, tmp_path, root):
-    """benchmarks/bench_compiled_train.py end to end with the `eager` backend (dynamo only: seconds)."""
+def test_bench_compiled_train_prints_eager_and_compiled_ratios(capsys, tmp_path, root, small_model):
+    """benchmarks/bench_compiled_train.py end to end with the `eager` backend (dynamo only: seconds) on the
+    conftest's small model (--model: 4 ShuffleNetV2 units, a quarter of the graph for each of its 5 compiles)."""
     spec = importlib.util.spec_from_file_location("bench_compiled_train", root / "benchmarks" / "bench_compiled_train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "compiled.json"
-    assert bench.main(["--backend", "eager", "--batch", "2", "--repeats", "1", "--warmup", "0", "--eval",
-                       "--json", str(out)]) == 0
+    assert bench.main(["--model", small_model, "--backend", "eager", "--batch", "2", "--repeats", "1", "--warmup",
+                       "0", "--eval", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     for line in ("train fixed", "train dynamic soft", "train dynamic ste", "eval fixed", "eval dynamic",
                  "train dynamic ste, compiled:", "eval dynamic, eager:"):

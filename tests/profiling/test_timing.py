@@ -26,7 +26,9 @@ def test_time_interleaved_counts_and_orders():
     t = time_interleaved({"fast": fast, "slow": slow}, warmup=2, repeats=3)
     assert calls == {"fast": 5, "slow": 5}
     assert t["slow"] > t["fast"] >= 0
-    slow_s, fast_s = time_pair(slow, fast, torch.device("cpu"), repeats=3, min_time=0.004)
+    # min_time sets the calls per measurement from the fastest callable (here about a microsecond): a small one
+    # keeps them at a few, so that the slow callable's sleeps add up to milliseconds, not seconds
+    slow_s, fast_s = time_pair(slow, fast, torch.device("cpu"), repeats=3, min_time=2e-5)
     assert slow_s >= 0.0015 and slow_s > fast_s
     assert median_time(slow, warmup=0, runs=2) >= 0.0015
     with pytest.raises(ValueError, match="repeats"):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from dynshuffle import checkpoints as ckpt
 from dynshuffle.training import faults, loop
@@ -38,12 +37,13 @@ def _torchrun() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
 
 
-def _two_process_config(folder) -> Path:
+def _two_process_config(folder, *overrides: str) -> Path:
     """2 epochs of 3 steps (global batch 32, 16 per process), dynamic shuffles, straight-through in epoch 2."""
     cfg = apply_overrides(Config(), [
         "data.name=digits", "data.batch_size=32", "data.eval_batch_size=60", "data.workers=0",
         "train.epochs=2", "train.steps_per_epoch=3", "train.eval_steps=2", "train.device=cpu",
-        "model.shuffle=dynamic", "shuffle.ste_fraction=0.5", "log.tensorboard=false", "log.progress=false"])
+        "model.shuffle=dynamic", "shuffle.ste_fraction=0.5", "log.tensorboard=false", "log.progress=false",
+        *overrides])
     config = folder / "cfg.yaml"
     config.write_text(cfg.to_yaml())
     return config
@@ -89,25 +89,43 @@ def test_torchrun_two_processes_end_with_identical_weights(straight_run):
         assert torch.equal(rank0[key], saved[key]), key
 
 
+# The config trained eager, then compiled, in one torchrun job: every process joins the process group once (train
+# uses a group that is already there and leaves it in place) and writes the weights of each run as RUNNER does.
+EAGER_THEN_COMPILED = """\
+import os, sys
+import torch.distributed as dist
+from dynshuffle import checkpoints as ckpt
+from dynshuffle.training.config import apply_overrides, load_config
+from dynshuffle.training.loop import train
+
+config, out = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+for setting in ("off", "default"):
+    run = os.path.join(out, setting)
+    result = train(apply_overrides(load_config(config), [f"train.compile={setting}"]), run)
+    ckpt.save_weights(result["model"], os.path.join(run, "debug", f"rank{os.environ['RANK']}.safetensors"))
+dist.destroy_process_group()
+"""
+
+
 @pytest.mark.slow
-def test_torchrun_compiled_matches_the_eager_run(tmp_path, straight_run):
+def test_torchrun_compiled_matches_the_eager_run(tmp_path, small_model, small_model_code):
     """train.compile under DDP (the DDP module compiled, as PyTorch advises): both ranks end with the same
     weights, those of the eager two-process run up to float rounding. The `eager` backend (dynamo and its
-    DDPOptimizer, no AOTAutograd: twice as fast to compile) keeps this test short; tests/training/
-    test_compile.py runs the compiled forward and backward with aot_eager."""
-    config, eager_run, _ = straight_run
-    cfg = apply_overrides(Config.from_dict(yaml.safe_load(config.read_text())), ["train.compile=default"])
-    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    DDPOptimizer, no AOTAutograd: twice as fast to compile) and the conftest's small model (4 ShuffleNetV2
+    units, every kind: a quarter of the graph to trace), both runs in one job (one start of the processes),
+    keep this test short; tests/training/test_compile.py runs the compiled forward and backward with
+    aot_eager."""
+    config = _two_process_config(tmp_path, f"model.name={small_model}")
     runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    run = tmp_path / "run"
-    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", str(runner), str(tmp_path / "cfg.yaml"), str(run)]
+    runner.write_text(small_model_code + EAGER_THEN_COMPILED)
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", str(runner), str(config), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env=_env(**{loop.COMPILE_BACKEND_ENV: "eager"}))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rank0, _ = ckpt.load_weights(run / "debug" / "rank0.safetensors")
-    rank1, _ = ckpt.load_weights(run / "debug" / "rank1.safetensors")
-    eager, _ = ckpt.load_weights(eager_run / "debug" / "rank0.safetensors")
+    rank0, _ = ckpt.load_weights(tmp_path / "default" / "debug" / "rank0.safetensors")
+    rank1, _ = ckpt.load_weights(tmp_path / "default" / "debug" / "rank1.safetensors")
+    eager, _ = ckpt.load_weights(tmp_path / "off" / "debug" / "rank0.safetensors")
     assert rank0.keys() == rank1.keys() == eager.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
