@@ -16,7 +16,7 @@ import torch
 from dynshuffle import checkpoints as ckpt
 from dynshuffle.training import faults, loop
 from dynshuffle.training.config import Config, apply_overrides
-from dynshuffle.training.distributed import DistContext, all_reduce_sum, average_buffers, setup
+from dynshuffle.training.distributed import DistContext, all_reduce_sum, average_buffers, setup, timed_out
 from dynshuffle.utils import read_csv
 
 # `train` as the CLI runs it, then every process writes the weights it ended with to debug/rank<N>.safetensors.
@@ -239,3 +239,15 @@ def test_fault_hook_fires_on_the_first_attempt_only_and_the_restart_note(monkeyp
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # the workaround in place
     assert restart_store_note() is None
+
+
+@pytest.mark.parametrize("message,expected", [
+    ("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 3000ms for recv operation to complete", True),
+    ("[../gloo/transport/tcp/pair.cc:598] Connection closed by peer: Application timeout caused pair closure", True),
+    ("Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5, OpType=ALLREDUCE) ran for 600000 "
+     "milliseconds before timing out.", True),
+    ("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242", False),
+])
+def test_timed_out_recognises_the_backends_timeout_wordings(message, expected):
+    assert timed_out(RuntimeError(message)) is expected
+    assert not timed_out(ValueError(message))

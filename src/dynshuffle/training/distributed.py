@@ -57,9 +57,11 @@ class CollectiveTimeoutError(TimeoutError):
 
 def timed_out(err: BaseException) -> bool:
     """Whether `err` is a process-group timeout (gloo: "Timed out waiting 3000ms for recv operation to
-    complete"; nccl: "... ran for 600000 milliseconds before timing out")."""
+    complete", or, when the peer's connection closes on the timeout first, "Application timeout caused pair
+    closure"; nccl: "... ran for 600000 milliseconds before timing out")."""
     text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("timed out waiting" in text or "before timing out" in text)
+    return isinstance(err, RuntimeError) and any(
+        phrase in text for phrase in ("timed out waiting", "before timing out", "application timeout"))
 
 
 def setup(device: str = "auto", timeout: float | None = None) -> DistContext:
