@@ -65,3 +65,23 @@ def test_shuffle_layers_are_the_outermost_modules_a_shuffle_choice_adds():
     assert named_shuffle_layers(nn.Linear(2, 2)) == []
     alone = DynamicShuffle(12, 2)
     assert named_shuffle_layers(alone) == [("", alone)]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_inference_adds_the_permuted_input_in_place_exactly(share, randomize):
+    """Eval adds the input at its permuted rows of the mixing's output (`index_add_`): bit for bit the sum of
+    the mixing and the permuted input, in every layout and with gradients flowing to the input."""
+    torch.manual_seed(0)
+    module = StaticDynamicShuffle(24, 2, share=share)
+    randomize(module.dynamic, scale=1.0)
+    module.eval()
+    x = torch.randn(5, 24, 3, 3)
+    expected = module._mixing(x) + DF.permute_channels(x, module.permutation(x))
+    with torch.no_grad():
+        assert torch.equal(module(x), expected)
+        assert torch.equal(module(x.contiguous(memory_format=torch.channels_last)), expected)
+    xg = x.clone().requires_grad_(True)
+    y = module(xg)
+    assert torch.equal(y, expected)
+    y.sum().backward()
+    assert xg.grad is not None and module.dynamic.orthogonality_penalty is None

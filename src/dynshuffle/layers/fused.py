@@ -72,9 +72,15 @@ class FusedDynamicShuffle(FusedShuffle):
             return super().forward(x)  # raises the "inference only" error
         # Eager and compiled: one stable sort gives the rows' order, and the input channels are scattered to
         # their places (docs/performance.md, "Operators per step"): the same permutation in fewer operators.
-        order = DF.block_orders(torch.softmax(self.generator(x), -1))
-        inverse = DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0])
+        inverse, order = self.inverse_index(x)
         return scatter_channels(x, inverse, order, self.groups)
+
+    def inverse_index(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`(inverse, order)` for `x`: where each input channel goes, as flat rows of the output's
+        `(N * C, H * W)` view (`DF.inverse_composed_index`), and the factors' sorted rows
+        (`DF.block_orders`). A `StaticDynamicShuffle` adds its input at these rows of its mixing's output."""
+        order = DF.block_orders(torch.softmax(self.generator(x), -1))
+        return DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0]), order
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", factors=({self.n1}, {self.n2})"

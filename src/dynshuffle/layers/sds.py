@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from . import functional as DF
 from .base import ShuffleModule, check_input
 from .dynamic import DynamicShuffle
+from .fused import FusedDynamicShuffle
 
 __all__ = ["StaticDynamicShuffle", "MIXING_IMPLS", "named_shuffle_layers"]
 
@@ -78,7 +79,17 @@ class StaticDynamicShuffle(nn.Module):
             y = DF.kron_apply_sum(x, a, b, self.mixing_u.unsqueeze(0), self.mixing_v.unsqueeze(0), self.groups)
         else:
             y = self._mixing(x)
-            y = y + dyn(x)
+            fused = dyn.inference_form() if isinstance(dyn, ShuffleModule) else dyn
+            if isinstance(fused, FusedDynamicShuffle) and not fused.training and y.is_contiguous() and \
+                    x.is_contiguous() and not (torch.is_grad_enabled() and x.requires_grad) and not DF.is_tracing():
+                # Inference: the permuted input is added in place at its rows of the mixing's output, without
+                # a permuted copy of the input and a second pass for the sum (exact: each row gets one row).
+                n, c, h, w = x.shape
+                y.view(n * c, h * w).index_add_(0, fused.inverse_index(x)[0], x.view(n * c, h * w))
+                if isinstance(dyn, ShuffleModule):  # as its own eval forward leaves it
+                    dyn.orthogonality_penalty = dyn.diversity_reward = None
+            else:
+                y = y + dyn(x)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1).to(y.dtype)
         return y
