@@ -337,8 +337,9 @@ def _onnx_exporting():
     """`torch.onnx.is_in_onnx_export` without the imports it runs on every call (most of its cost: the
     fused eval path asks once per module and call), or that function where its flags moved."""
     try:
+        # The flags the public function reads, imported once (private modules: hence the fallback below).
         from torch.onnx._internal.exporter import _flags
-        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS  # the same, TorchScript exporter
     except ImportError:
         return torch.onnx.is_in_onnx_export
     return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
