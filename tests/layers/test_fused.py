@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from dynshuffle.layers import functional as DF
 from dynshuffle.layers.dynamic import DynamicShuffle
 from dynshuffle.layers.fused import FusedDynamicShuffle, FusedLearnedShuffle, fuse_for_inference
 from dynshuffle.layers.learned import LearnedShuffle
@@ -82,3 +83,15 @@ def test_sds_and_fused_model_compile_with_fullgraph():
         torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="aot_eager")(x), model(x))
         fused = fuse_for_inference(model)
         torch.testing.assert_close(torch.compile(fused, fullgraph=True, backend="aot_eager")(x), model(x))
+
+
+def test_inference_under_bfloat16_autocast_applies_the_permutation_it_reports(randomize):
+    """Autocast computes the generator's scores in bfloat16; the sort key still needs float32 confidences, or
+    the factors' rows mix and the scatter applies something other than `permutation(x)`."""
+    torch.manual_seed(0)
+    module = randomize(DynamicShuffle(48, 2), scale=2.0).eval()
+    x = torch.randn(8, 48, 3, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, perm = module(x), module.permutation(x)
+    assert all(sorted(row.tolist()) == list(range(48)) for row in perm)
+    assert torch.equal(y, DF.permute_channels(x, perm))
