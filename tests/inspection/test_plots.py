@@ -144,3 +144,35 @@ def test_training_picture_names_the_run_and_counts_whole_epochs(tmp_path, monkey
             lo, hi = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_compare_curves_draw_every_run_and_mark_straight_through_epochs(tmp_path, monkeypatch):
+    columns = ["epoch", "val_top1", "shuffle_mode", "dynamic_layers"]
+    logs = {}
+    for variant, layers in (("static", None), ("dynamic", 0)):
+        for seed in (0, 1):
+            rows = [{"epoch": e, "val_top1": 0.5 + 0.1 * e + 0.01 * seed, "shuffle_mode": "ste" if e == 3 else "soft",
+                     "dynamic_layers": layers} for e in (1, 2, 3)]
+            logs.setdefault(variant, {})[seed] = tmp_path / f"{variant}{seed}.csv"
+            write_csv(logs[variant][seed], rows, columns)
+    drawn = {}
+    real_save = P._save
+
+    def spy(fig, path):
+        top, bottom = fig.axes[:2]
+        drawn["top"] = [(line.get_label(), [round(v, 4) for v in line.get_ydata()]) for line in top.lines]
+        drawn["bottom"] = [line.get_label() for line in bottom.lines]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(P, "_save", spy)
+    out = P.plot_compare_curves(logs, tmp_path / "curves.png", "a title")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One line per run (the first seed carries the legend) and one filled point per straight-through epoch.
+    labels = [label if not label.startswith("_") else "" for label, _ in drawn["top"]]
+    assert labels == ["static", "", "", "", "dynamic", "", "", ""]
+    assert [ys for _, ys in drawn["top"]] == [[60.0, 70.0, 80.0], [80.0], [61.0, 71.0, 81.0], [81.0]] * 2
+    assert len(drawn["bottom"]) == 2 and drawn["bottom"][0] == "dynamic"  # only runs that log the layers
+
+    write_csv(tmp_path / "untrained.csv", [{"epoch": 1}], ["epoch", "train_loss"])
+    with pytest.raises(ValueError, match="no run has logged a validation top-1"):
+        P.plot_compare_curves({"static": {0: tmp_path / "untrained.csv"}}, tmp_path / "x.png", "t")

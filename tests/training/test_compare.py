@@ -53,6 +53,8 @@ def test_compare_writes_the_table_and_reruns_keep_finished_runs(tmp_path, capsys
     assert list(table[0]) == COLUMNS and [r["variant"] for r in table] == ["static", "dynamic"]
     assert table[0]["top1_soft_mean"] == "" and table[1]["top1_soft_mean"] != ""
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # top-1 against multiply-adds
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every run's curves
+    assert f"{out / 'curves.png'}" in printed
     result = out / "dynamic" / "seed0" / "result.json"
     assert (out / "dynamic" / "seed0" / "last.safetensors").is_file() and result.is_file()
 

@@ -35,7 +35,7 @@ from dynshuffle.utils import arg, atomic_open, atomic_write_text, read_csv
 from .stats import matrices_for_inputs, pairwise_agreement, permutation_stats, require_layers
 
 __all__ = ["plot_matrices", "plot_class_agreement", "plot_sample_agreement", "plot_closeness", "plot_diversity",
-           "plot_training", "plot_accuracy_vs_macs", "render_report", "planned_files", "layer_file_name", "fit_titles"]
+           "plot_training", "plot_accuracy_vs_macs", "plot_compare_curves", "render_report", "planned_files", "layer_file_name", "fit_titles"]
 
 SAMPLE_AGREEMENT_MAX = 64  # inputs shown in sample_agreement.png (an N x N picture stops being readable)
 
@@ -381,6 +381,51 @@ def plot_accuracy_vs_macs(rows: Sequence[dict], path: str | os.PathLike, title: 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     _legend_outside(ax)
+    return _save(fig, path)
+
+
+def plot_compare_curves(logs: dict[str, dict[int, str | os.PathLike]], path: str | os.PathLike, title: str) -> Path:
+    """The training curves of a comparison: validation top-1 (exact permutation, in %) per epoch, one line per
+    run, one colour per variant, and below it the number of data-dependent dynamic layers per epoch (runs
+    that log it). `logs`: variant -> seed -> the run's log.csv. Epochs trained straight through (a
+    `shuffle_mode` of "ste") are marked with a filled point."""
+    from matplotlib.ticker import MaxNLocator  # optional (the viz extra)
+
+    fig = _figure(9, 7.0)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    colours = {variant: f"C{i}" for i, variant in enumerate(logs)}
+    drew_layers = False
+    for variant, seeds in logs.items():
+        for seed, log_csv in sorted(seeds.items()):
+            header, rows = read_csv(log_csv)
+            if not rows or "val_top1" not in header:
+                continue
+            epochs, top1 = _column(rows, "epoch"), 100 * _column(rows, "val_top1")
+            label = variant if seed == min(seeds) else None
+            top.plot(epochs, top1, color=colours[variant], alpha=0.8, label=label)
+            ste = np.array([row.get("shuffle_mode") == "ste" for row in rows])
+            if ste.any():
+                top.plot(epochs[ste], top1[ste], "o", color=colours[variant], markersize=3)
+            if "dynamic_layers" in header and np.isfinite(_column(rows, "dynamic_layers")).any():
+                bottom.plot(epochs, _column(rows, "dynamic_layers"), color=colours[variant], alpha=0.8,
+                            marker=".", label=label)
+                drew_layers = True
+    if not top.lines:
+        raise ValueError("no run has logged a validation top-1 yet")
+    top.set_ylabel("validation top-1 %")
+    top.set_title(title, fontsize=10)
+    top.grid(alpha=0.3)
+    _legend_outside(top)
+    if drew_layers:
+        bottom.set_ylabel("data-dependent layers")
+        bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _legend_outside(bottom)
+    else:
+        bottom.text(0.5, 0.5, "no run logs data-dependent layers (no dynamic shuffle)", ha="center", va="center",
+                    transform=bottom.transAxes)
+    bottom.set_xlabel("epoch (filled points: straight-through)")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.grid(alpha=0.3)
     return _save(fig, path)
 
 

@@ -44,7 +44,7 @@ from dynshuffle.data.errors import DataError
 from dynshuffle.data.loaders import ShardSampler, make_loader
 from dynshuffle.data.registry import build_datasets, dataset_info, get_dataset_spec
 from dynshuffle.data.transforms import BatchTransform
-from dynshuffle.inspection.plots import plot_accuracy_vs_macs
+from dynshuffle.inspection.plots import plot_accuracy_vs_macs, plot_compare_curves
 from dynshuffle.layers.dynamic import DynamicShuffle
 from dynshuffle.utils import arg, atomic_write_text, command_line_active, command_line_names
 
@@ -528,9 +528,14 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
     atomic_write_text(out / "compare.csv", format_csv(rows))
     written = [out / "compare.md", out / "compare.csv"]
     if rows and stopped is None and importlib.util.find_spec("matplotlib") is not None:  # the viz extra
-        written.append(plot_accuracy_vs_macs(
-            rows, out / "compare.png", f"{model} on {dataset}, {base.train.epochs} epochs, seeds "
-                                       f"{', '.join(map(str, seed_list))}"))
+        title = f"{model} on {dataset}, {base.train.epochs} epochs, seeds {', '.join(map(str, seed_list))}"
+        written.append(plot_accuracy_vs_macs(rows, out / "compare.png", title))
+        logs: dict[str, dict[int, Path]] = {}
+        for job in jobs:
+            if (job["variant"], job["seed"]) in done and (Path(job["run_dir"]) / "log.csv").is_file():
+                logs.setdefault(job["variant"], {})[job["seed"]] = Path(job["run_dir"]) / "log.csv"
+        if logs:
+            written.append(plot_compare_curves(logs, out / "curves.png", title))
     if verbose:
         print(md, end="")
         print(f"written: {', '.join(map(str, written))}", flush=True)
