@@ -394,7 +394,7 @@ def plot_compare_curves(logs: dict[str, dict[int, str | os.PathLike]], path: str
     fig = _figure(9, 7.0)
     top, bottom = fig.subplots(2, 1, sharex=True)
     colours = {variant: f"C{i}" for i, variant in enumerate(logs)}
-    drew_layers = False
+    most_layers = None
     for variant, seeds in logs.items():
         for seed, log_csv in sorted(seeds.items()):
             header, rows = read_csv(log_csv)
@@ -407,17 +407,18 @@ def plot_compare_curves(logs: dict[str, dict[int, str | os.PathLike]], path: str
             if ste.any():
                 top.plot(epochs[ste], top1[ste], "o", color=colours[variant], markersize=3)
             if "dynamic_layers" in header and np.isfinite(_column(rows, "dynamic_layers")).any():
-                bottom.plot(epochs, _column(rows, "dynamic_layers"), color=colours[variant], alpha=0.8,
-                            marker=".", label=label)
-                drew_layers = True
+                layers = _column(rows, "dynamic_layers")
+                bottom.plot(epochs, layers, color=colours[variant], alpha=0.8, marker=".", label=label)
+                most_layers = max(most_layers or 0.0, float(np.nanmax(layers)))
     if not top.lines:
         raise ValueError("no run has logged a validation top-1 yet")
     top.set_ylabel("validation top-1 %")
     top.set_title(title, fontsize=10)
     top.grid(alpha=0.3)
     _legend_outside(top)
-    if drew_layers:
+    if most_layers is not None:
         bottom.set_ylabel("data-dependent layers")
+        bottom.set_ylim(-0.3, most_layers + 1)  # a count: whole numbers from 0, also when it stays at 0
         bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
         _legend_outside(bottom)
     else:
