@@ -396,7 +396,8 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         (docs/performance.md, "Operators per step"). It is built on first use and rebuilt when a parameter
         or buffer changes (an optimizer step, a BatchNorm update or a loaded state bumps its version counter
         or replaces its storage) or the temperature or device does: an eval after every epoch rebuilds it
-        once. Its permutations are this module's up to the float rounding of the folding.
+        once. Its permutations are this module's up to the float rounding of the folding. (A submodule
+        replaced after the first eval, e.g. a new generator head, is not noticed: build a new module.)
         """
         if self.training or self.mode == "soft" or torch.compiler.is_compiling() or not self._lean():
             return None
