@@ -313,7 +313,7 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
     def flat_scores(self, x: Tensor) -> Tensor:
         """`flat_logits(x) / temperature`, plus Gumbel noise of scale `noise` in training: the scores that
         both the soft matrices and the binarization use (flat, see `flat_logits`)."""
-        scores = _as_float32(self.flat_logits(x))
+        scores = DF.as_float32(self.flat_logits(x))
         if self.temperature != 1.0:
             scores = scores / self.temperature
         if self.training and self.noise > 0:
@@ -490,11 +490,6 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         if self.noise:
             text += f", noise={self.noise:g}"
         return text
-
-
-def _as_float32(t: Tensor) -> Tensor:
-    # Not .float() on a float32 tensor: an exporter writes a Cast node for it.
-    return t if t.dtype == torch.float32 else t.float()
 
 
 def _gumbel_like(t: Tensor) -> Tensor:

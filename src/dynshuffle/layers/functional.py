@@ -36,6 +36,7 @@ __all__ = [
     "block_orders",
     "inverse_composed_index",
     "row_argmax",
+    "as_float32",
     "permute_channels",
     "invert_permutation",
     "orthogonality_penalty",
@@ -199,10 +200,16 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
     return torch.where(free_row, rest, perm).reshape(*batch_shape, k)
 
 
+def as_float32(t: Tensor) -> Tensor:
+    """`t` in float32 (scores under autocast arrive in a lower precision; the sort keys need full precision).
+    Not `.float()` on a float32 tensor: an exporter writes a Cast node for it."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def row_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     """`(column, confidence)` of each row: its argmax and its largest softmax probability."""
     scores = scores.detach() if scores.requires_grad else scores
-    conf, col = torch.softmax(scores if scores.dtype == torch.float32 else scores.float(), dim=-1).max(-1)
+    conf, col = torch.softmax(as_float32(scores), dim=-1).max(-1)
     return col, conf
 
 

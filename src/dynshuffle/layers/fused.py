@@ -79,9 +79,7 @@ class FusedDynamicShuffle(FusedShuffle):
         """`(inverse, order)` for `x`: where each input channel goes, as flat rows of the output's
         `(N * C, H * W)` view (`DF.inverse_composed_index`), and the factors' sorted rows
         (`DF.block_orders`). A `StaticDynamicShuffle` adds its input at these rows of its mixing's output."""
-        scores = self.generator(x)
-        # float32 under autocast too: the sort key needs the confidences at full precision (as `row_argmax`)
-        order = DF.block_orders(torch.softmax(scores if scores.dtype == torch.float32 else scores.float(), -1))
+        order = DF.block_orders(torch.softmax(DF.as_float32(self.generator(x)), -1))
         return DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0]), order
 
     def extra_repr(self) -> str:

@@ -46,7 +46,7 @@ from dynshuffle.data.registry import build_datasets, dataset_info, get_dataset_s
 from dynshuffle.data.transforms import BatchTransform
 from dynshuffle.inspection.plots import plot_accuracy_vs_macs, plot_compare_curves
 from dynshuffle.layers.dynamic import DynamicShuffle
-from dynshuffle.utils import arg, atomic_write_text, command_line_active, command_line_names
+from dynshuffle.utils import arg, atomic_write_text, command_line_active, command_line_names, read_csv
 
 from .config import Config, apply_overrides
 from .evaluate import dynamic_dependence, first_images, measure_latencies, profile_row
@@ -532,8 +532,9 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
         written.append(plot_accuracy_vs_macs(rows, out / "compare.png", title))
         logs: dict[str, dict[int, Path]] = {}
         for job in jobs:
-            if (job["variant"], job["seed"]) in done and (Path(job["run_dir"]) / "log.csv").is_file():
-                logs.setdefault(job["variant"], {})[job["seed"]] = Path(job["run_dir"]) / "log.csv"
+            log_csv = Path(job["run_dir"]) / "log.csv"
+            if (job["variant"], job["seed"]) in done and log_csv.is_file():
+                logs.setdefault(job["variant"], {})[job["seed"]] = log_csv
         if logs:
             written.append(plot_compare_curves(logs, out / "curves.png", title))
     if verbose:
@@ -695,24 +696,23 @@ def read_compare_csv(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file (a folder that `dynshuffle compare` wrote holds one)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("variant", "model", "macs", "top1_mean", "top1_std", "seeds") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} is not a compare table: it lacks the column(s) {', '.join(missing)}")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            row: dict = {}
-            for key, text in raw.items():
-                if key in ("variant", "model") or key is None:
-                    row[key] = text
-                    continue
-                try:
-                    row[key] = None if text in ("", None) else (int(float(text)) if key in _INTEGER_COLUMNS else float(text))
-                except ValueError:
-                    raise DataError(f"{path}, line {line}: {key} is {text!r}, not a number") from None
-            rows.append(row)
-    return rows
+    header, raw_rows = read_csv(path)
+    missing = [c for c in ("variant", "model", "macs", "top1_mean", "top1_std", "seeds") if c not in header]
+    if missing:
+        raise DataError(f"{path} is not a compare table: it lacks the column(s) {', '.join(missing)}")
+    return [{key: _compare_cell(path, line, key, text) for key, text in raw.items() if key is not None}
+            for line, raw in enumerate(raw_rows, start=2)]
+
+
+def _compare_cell(path: Path, line: int, key: str, text: str | None):
+    if key in ("variant", "model", "source"):
+        return text
+    if text in ("", None):
+        return None
+    try:
+        return int(float(text)) if key in _INTEGER_COLUMNS else float(text)
+    except ValueError:
+        raise DataError(f"{path}, line {line}: {key} is {text!r}, not a number") from None
 
 
 def merge_compares(folders: list[str | os.PathLike], out: str | os.PathLike, title: str | None = None,
@@ -747,13 +747,8 @@ def merge_compares(folders: list[str | os.PathLike], out: str | os.PathLike, tit
                      f"| {_pct(r['top1_mean'], r['top1_std'])} | {r['seeds']} | {epochs} | {r['source']} |")
     lines += ["", "Rows of the `compare` tables of the folders named, sorted by multiply-adds; top-1 mean ± sample "
               "std over seeds, as in each folder's table (which also holds latency and data dependence)."]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MERGED_COLUMNS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in MERGED_COLUMNS})
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "compare.csv", buf.getvalue())
+    atomic_write_text(out / "compare.csv", format_csv(rows, MERGED_COLUMNS))
     written = [out / "compare.md", out / "compare.csv"]
     if importlib.util.find_spec("matplotlib") is not None:
         written.append(plot_accuracy_vs_macs(rows, out / "compare.png", title))
@@ -763,10 +758,10 @@ def merge_compares(folders: list[str | os.PathLike], out: str | os.PathLike, tit
     return written
 
 
-def format_csv(rows: list[dict]) -> str:
+def format_csv(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
     return buf.getvalue()
