@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dynshuffle.layers.generator import MIN_HIDDEN, ShuffleGenerator, default_hidden, pooled_stats, spatial_mean
+from dynshuffle.layers.generator import FUSED_ROW_WIDTH, MIN_HIDDEN, ShuffleGenerator, default_hidden, pooled_stats, spatial_mean
 
 
 def test_default_hidden_is_a_twentieth_of_a_pointwise_conv_with_a_floor():
@@ -51,6 +51,28 @@ def test_a_single_sample_in_training_is_normalised_with_the_running_statistics()
                                               gen.norm.weight, gen.norm.bias, training=False)))
     torch.testing.assert_close(flat, expected)
     assert torch.equal(gen.norm.running_mean, before)
+
+
+@pytest.mark.parametrize("n1,n2,heads,width", [(2, 3, 1, FUSED_ROW_WIDTH), (2, 3, 2, FUSED_ROW_WIDTH), (8, 12, 1, 20)])
+def test_fused_generator_writes_both_blocks_in_rows_padded_to_the_fast_softmax_width(n1, n2, heads, width):
+    """The fused head writes A's and B's scores (BatchNorm folded, divided by the temperature) as the
+    diagonal blocks of one score matrix per head, -1e9 elsewhere; rows shorter than FUSED_ROW_WIDTH get
+    -1e9 columns up to it (the CPU softmax is slow on shorter rows), longer ones are not padded."""
+    torch.manual_seed(0)
+    gen = ShuffleGenerator(8, 5, n1, n2, heads=heads, diagonal_logit=lambda n: 1.0, head_init=0.5).eval()
+    with torch.no_grad():
+        gen.norm.running_mean.normal_()
+        gen.norm.running_var.uniform_(0.5, 2.0)
+    fused = gen.fused(temperature=2.0)
+    x = torch.randn(4, 8, 3, 3)
+    scores = fused(x).view(4, heads, n1 + n2, width)
+    assert fused.width == width and f"width={width}" in repr(fused)
+    flat = gen(x) / 2.0
+    torch.testing.assert_close(scores[:, :, :n1, :n1], flat[:, :heads * n1 * n1].view(4, heads, n1, n1))
+    torch.testing.assert_close(scores[:, :, n1:, n1:n1 + n2], flat[:, heads * n1 * n1:].view(4, heads, n2, n2))
+    off_block = torch.ones(n1 + n2, width, dtype=torch.bool)
+    off_block[:n1, :n1] = off_block[n1:, n1:n1 + n2] = False
+    assert torch.all(scores[:, :, off_block] == -1e9)
 
 
 @pytest.mark.parametrize("kwargs,match", [({"stats": "max"}, "stats must be one of"),

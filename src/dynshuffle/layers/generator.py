@@ -17,6 +17,7 @@ __all__ = ["ShuffleGenerator", "FusedShuffleGenerator", "default_hidden", "poole
 
 
 MIN_HIDDEN = 16  # the smallest width that separated every routing target (docs/method.md §7.2)
+FUSED_ROW_WIDTH = 16  # the shortest softmax row that PyTorch's CPU kernel vectorises (FusedShuffleGenerator)
 
 
 def default_hidden(channels: int, n1: int, n2: int) -> int:
@@ -124,15 +125,16 @@ class ShuffleGenerator(nn.Module):
         reduce.weight.copy_(self.reduce.weight * scale[:, None])
         reduce.bias.copy_(self.norm.bias - self.norm.running_mean * scale)
         n1, n2, heads, k = self.n1, self.n2, self.heads, self.n1 + self.n2
+        width = max(k, FUSED_ROW_WIDTH)
         split, hidden = heads * n1 * n1, self.head.in_features
-        weight = self.head.weight.new_zeros(heads, k, k, hidden)
-        bias = self.head.bias.new_full((heads, k, k), -1e9)
+        weight = self.head.weight.new_zeros(heads, k, width, hidden)
+        bias = self.head.bias.new_full((heads, k, width), -1e9)
         weight[:, :n1, :n1] = self.head.weight[:split].view(heads, n1, n1, -1) / temperature
-        weight[:, n1:, n1:] = self.head.weight[split:].view(heads, n2, n2, -1) / temperature
+        weight[:, n1:, n1:k] = self.head.weight[split:].view(heads, n2, n2, -1) / temperature
         bias[:, :n1, :n1] = self.head.bias[:split].view(heads, n1, n1) / temperature
-        bias[:, n1:, n1:] = self.head.bias[split:].view(heads, n2, n2) / temperature
-        head = nn.Linear(hidden, heads * k * k).to(self.head.weight)
-        head.weight.copy_(weight.view(heads * k * k, -1))
+        bias[:, n1:, n1:k] = self.head.bias[split:].view(heads, n2, n2) / temperature
+        head = nn.Linear(hidden, heads * k * width).to(self.head.weight)
+        head.weight.copy_(weight.view(heads * k * width, -1))
         head.bias.copy_(bias.view(-1))
         return FusedShuffleGenerator(reduce, head, n1, n2, heads, self.stats, self.activation).eval()
 
@@ -145,24 +147,28 @@ class FusedShuffleGenerator(nn.Module):
     merged into one that writes a block-diagonal `(n1 + n2) x (n1 + n2)` score matrix per head (A's block,
     then B's; the off-block scores are -1e9, so no row ever picks a column of the other factor), and the
     temperature folded into the head. One pooling, two GEMMs and the activation per module; built by
-    `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, k)` scores for one head,
-    `(N, heads, k, k)` for several (k = n1 + n2)."""
+    `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, width)` scores for one head,
+    `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)): rows shorter than
+    `FUSED_ROW_WIDTH` are padded with -1e9 columns, which no row picks, because PyTorch's CPU softmax runs
+    rows of fewer than 16 entries element by element, 15-30x slower per entry (docs/performance.md)."""
 
     def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
                  activation: str):
         super().__init__()
         self.reduce, self.head = reduce, head
         self.n1, self.n2, self.heads, self.stats, self.activation = n1, n2, heads, stats, activation
+        self.width = head.out_features // (heads * (n1 + n2))
 
     def forward(self, x: Tensor) -> Tensor:
         # F.linear, not the Linear modules' calls: at batch 1 this path is bound by per-call overhead
         # (docs/performance.md).
         pooled = pooled_stats(x, self.stats)
         h = GENERATOR_ACTIVATIONS[self.activation](F.linear(pooled, self.reduce.weight, self.reduce.bias))
-        k = self.n1 + self.n2
+        k, width = self.n1 + self.n2, self.width
         scores = F.linear(h, self.head.weight, self.head.bias)
-        return scores.view(-1, k, k) if self.heads == 1 else scores.view(-1, self.heads, k, k)
+        return scores.view(-1, k, width) if self.heads == 1 else scores.view(-1, self.heads, k, width)
 
     def extra_repr(self) -> str:
-        return f"factors=({self.n1}, {self.n2}), heads={self.heads}, stats={self.stats!r}, activation={self.activation!r}"
+        return (f"factors=({self.n1}, {self.n2}), heads={self.heads}, width={self.width}, stats={self.stats!r}, "
+                f"activation={self.activation!r}")
 
