@@ -10,8 +10,8 @@ Definitions (all for one image unless stated):
 - `macs`: multiply-adds counted the papers' way: convolutions, linear layers and the other matrix
   products (mm/bmm/einsum: the static part of a static-dynamic shuffle) of one forward in eval mode.
   A dynamic shuffle's inference path is a scatter, 0 multiply-adds; its generator's linears count as eval
-  runs them (the inference form, `ShuffleModule.inference_form`: C·d + d·(n1 + n2)² per module, the head
-  writing A's and B's blocks of one score matrix).
+  runs them (the inference form, `ShuffleModule.inference_form`: C·d + d·k·max(k, 16) per module for
+  k = n1 + n2, the head writing A's and B's blocks of one score matrix in rows padded to 16 columns).
 - `flops`: every floating-point operation of one training-mode forward: 2 per multiply-add of every
   convolution / matrix product (torch.utils.flop_counter, so the soft path's A·Z·Bᵀ products and the
   orthogonality penalty's Gram matrices are included), plus the elementwise and reduction work inside
