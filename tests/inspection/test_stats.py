@@ -10,6 +10,7 @@ import torch
 from dynshuffle.inspection.stats import (NoShuffleModulesError, collect_inputs, hard_full_matrix, matrices_for_inputs,
                                          permutation_stats, soft_full_matrix)
 from dynshuffle.layers import functional as DF
+from dynshuffle.layers.base import initial_logit
 from dynshuffle.layers.dynamic import DynamicShuffle
 from dynshuffle.models.registry import create_model
 
@@ -29,6 +30,10 @@ def test_fresh_dynamic_model_gives_the_fixed_shuffle_everywhere(images, initial_
         assert s["row_max_a"] == pytest.approx(1 / s["n1"] + 0.9 * (1 - 1 / s["n1"]), abs=1e-4)
         assert s["row_max_b"] == pytest.approx(1 / s["n2"] + 0.9 * (1 - 1 / s["n2"]), abs=1e-4)
         assert s["penalty"] == pytest.approx(initial_penalty(s["n1"], 0.9) + initial_penalty(s["n2"], 0.9), rel=1e-5)
+        # Every row's winner is its diagonal, by the initial logit, and no input moves a score (heads at 0).
+        margins = torch.tensor([initial_logit(s["n1"], 0.9)] * s["n1"] + [initial_logit(s["n2"], 0.9)] * s["n2"])
+        assert s["stable_rows"] == 1.0 and s["score_spread"] == 0.0 and s["margin_in_spreads"] == math.inf
+        assert s["margin"] == pytest.approx(float(margins.median()), rel=1e-5)
     assert model.training  # the model's mode is restored (it was built in train mode)
 
 
@@ -78,6 +83,17 @@ def test_stats_agree_with_module_permutation_and_penalty(user_net, images):
         assert stats[name]["penalty"] == pytest.approx(float(module.orthogonality_penalty), rel=1e-5)
         a, b = module.soft_matrices(inputs[name])
         assert stats[name]["row_max_a"] == pytest.approx(float(a.amax(-1).mean()), rel=1e-5)
+        # Margins from the module's scores: per row, its smallest top-two gap and its largest score std.
+        with torch.no_grad():
+            factors = [f.flatten(1, -2) for f in module.scaled_logits(inputs[name])]  # (N, rows, n): A, B
+        gap = torch.cat([(f.topk(2, -1).values[..., 0] - f.topk(2, -1).values[..., 1]).amin(0) for f in factors])
+        spread = torch.cat([f.std(0, correction=0).amax(-1) for f in factors])
+        winners = [f.argmax(-1) for f in factors]
+        stable = torch.cat([(w == w[:1]).all(0) for w in winners])
+        assert stats[name]["margin"] == pytest.approx(float(gap.median()), rel=1e-5)
+        assert stats[name]["score_spread"] == pytest.approx(float(spread.median()), rel=1e-5)
+        assert stats[name]["margin_in_spreads"] == pytest.approx(float((gap / spread).median()), rel=1e-5)
+        assert stats[name]["stable_rows"] == pytest.approx(float(stable.float().mean()))
 
 
 def test_single_sample_class_and_single_image(user_net, images):

@@ -157,6 +157,14 @@ def permutation_stats(model: nn.Module, images: Tensor, labels: Tensor | None = 
         fixed_fraction: fraction of samples whose permutation equals the fixed ShuffleNet shuffle;
         fixed_channel_agreement: mean fraction of output channels that read the same input as the fixed shuffle;
         distinct: number of different permutations among the samples;
+        stable_rows: fraction of the rows of A and B (all groups) whose largest score is in the same column
+            for every sample: rows that no sample flips;
+        margin: median over the rows of the smallest gap, over the samples, between a row's largest score and
+            its second largest (scores as the binarization sees them: logits over the temperature);
+        score_spread: median over the rows of the largest standard deviation over the samples of one of the
+            row's scores (0 for a learned shuffle: its scores do not depend on the input);
+        margin_in_spreads: median over the rows of margin / spread (inf when the scores do not move): how
+            many standard deviations of the input-driven movement separate a row from a flip;
         agreement: mean over pairs of samples of the fraction of channels on which their permutations
             agree (1.0 when all are equal; NaN for a single sample);
         with labels: classes (np.ndarray of the labels present, sorted), class_agreement (np.ndarray
@@ -200,7 +208,7 @@ def _accumulate(model: nn.Module, layers: dict[str, nn.Module], images: Tensor, 
     """Each layer's permutations (one tensor per batch) and the sums of its soft-matrix statistics."""
     perms: dict[str, list[Tensor]] = {name: [] for name in layers}
     sums = {name: {"row_max_a": 0.0, "row_max_b": 0.0, "penalty": 0.0, "min_row_max_a": 1.0,
-                   "min_row_max_b": 1.0} for name in layers}
+                   "min_row_max_b": 1.0, "scores": []} for name in layers}
     for start in range(0, images.shape[0], batch_size):
         inputs = collect_inputs(model, images[start:start + batch_size], mode)
         for name, module in layers.items():
@@ -208,6 +216,8 @@ def _accumulate(model: nn.Module, layers: dict[str, nn.Module], images: Tensor, 
             a, b = module.soft_matrices(x)
             perms[name].append(module.permutation(x).cpu())
             s = sums[name]
+            s["scores"].append(tuple(f.expand(x.shape[0], *f.shape[1:]).flatten(1, -2).float().cpu()
+                                     for f in module.scaled_logits(x)))
             for key, m in (("a", a), ("b", b)):
                 row_max = m.amax(-1).float()
                 # Per sample: mean over (groups and) rows; summed over samples here, divided by n later.
@@ -234,6 +244,7 @@ def _layer_stats(module: nn.Module, p: Tensor, sums: dict[str, float], n: int, l
         "fixed_channel_agreement": float((p == fixed).float().mean()),
         "distinct": int(torch.unique(p, dim=0).shape[0]),
         "agreement": _mean_pairwise_agreement(p),
+        **_score_margins(sums["scores"]),
     }
     if labels is not None:
         matrix, classes = _class_agreement(p, labels)
@@ -245,6 +256,27 @@ def _layer_stats(module: nn.Module, p: Tensor, sums: dict[str, float], n: int, l
             "between_class": float(matrix[off].mean()) if off.any() else math.nan,
         })
     return stats
+
+
+def _score_margins(batches: list[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """`stable_rows`, `margin`, `score_spread` and `margin_in_spreads` (see `permutation_stats`) from the
+    per-batch scores of A and B, each `(batch, rows, n)`. A factor of size 1 has no row to flip: skipped."""
+    stable, margins, spreads = [], [], []
+    for factor in zip(*batches):
+        scores = torch.cat(factor)                                   # (N, rows, n)
+        if scores.shape[-1] < 2:
+            continue
+        top2 = scores.topk(2, -1)
+        winner = top2.indices[..., 0]
+        stable.append((winner == winner[:1]).all(0))
+        margins.append((top2.values[..., 0] - top2.values[..., 1]).amin(0))
+        spreads.append(scores.std(0, correction=0).amax(-1))
+    if not stable:
+        return {"stable_rows": 1.0, "margin": math.inf, "score_spread": 0.0, "margin_in_spreads": math.inf}
+    margin, spread = torch.cat(margins), torch.cat(spreads)
+    in_spreads = torch.where(spread > 0, margin / spread, torch.full_like(margin, math.inf))
+    return {"stable_rows": float(torch.cat(stable).float().mean()), "margin": float(margin.median()),
+            "score_spread": float(spread.median()), "margin_in_spreads": float(in_spreads.median())}
 
 
 def soft_full_matrix(a: Tensor, b: Tensor, groups: int) -> Tensor:
