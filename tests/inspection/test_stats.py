@@ -86,7 +86,7 @@ def test_stats_agree_with_module_permutation_and_penalty(user_net, images):
         # Margins from the module's scores: per row, its smallest top-two gap and its largest score std.
         with torch.no_grad():
             factors = [f.flatten(1, -2) for f in module.scaled_logits(inputs[name])]  # (N, rows, n): A, B
-        gap = torch.cat([(f.topk(2, -1).values[..., 0] - f.topk(2, -1).values[..., 1]).amin(0) for f in factors])
+        gap = torch.cat([f.topk(2, -1).values.diff(dim=-1).neg().squeeze(-1).amin(0) for f in factors])
         spread = torch.cat([f.std(0, correction=0).amax(-1) for f in factors])
         winners = [f.argmax(-1) for f in factors]
         stable = torch.cat([(w == w[:1]).all(0) for w in winners])

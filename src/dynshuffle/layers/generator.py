@@ -17,7 +17,7 @@ __all__ = ["ShuffleGenerator", "FusedShuffleGenerator", "default_hidden", "poole
 
 
 MIN_HIDDEN = 16  # the smallest width that separated every routing target (docs/method.md §7.2)
-FUSED_ROW_WIDTH = 16  # the shortest softmax row that PyTorch's CPU kernel vectorises (FusedShuffleGenerator)
+FUSED_ROW_WIDTH = 16  # the shortest softmax row PyTorch's CPU kernel vectorises, as measured (FusedShuffleGenerator)
 
 
 def default_hidden(channels: int, n1: int, n2: int) -> int:
@@ -150,7 +150,7 @@ class FusedShuffleGenerator(nn.Module):
     `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, width)` scores for one head,
     `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)): rows shorter than
     `FUSED_ROW_WIDTH` are padded with -1e9 columns, which no row picks, because PyTorch's CPU softmax runs
-    rows of fewer than 16 entries element by element, 15-30x slower per entry (docs/performance.md)."""
+    rows of fewer than 16 entries element by element, many times slower per entry (docs/performance.md)."""
 
     def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
                  activation: str):
