@@ -57,6 +57,7 @@ def test_unknown_keys_in_yaml_are_named(tmp_path, data, needle):
     ({"shuffle": {"ste_fraction": 1.5}}, r"'shuffle.ste_fraction': must be in \[0, 1\], got 1.5"),
     ({"shuffle": {"penalty_free_fraction": 0.9}}, r"'shuffle.penalty_free_fraction': plus ste_fraction must be <= 1"),
     ({"shuffle": {"lambda": -1}}, r"'shuffle.lambda': must be >= 0, got -1.0"),
+    ({"optim": {"generator_weight_decay": -1e-4}}, r"'optim.generator_weight_decay': must be >= 0 or null"),
     ({"shuffle": {"train_mode": "frozen"}}, r"'shuffle.train_mode': 'frozen' is not one of soft, ste"),
     ({"model": {"stats": "max"}}, r"'model.stats': 'max' is not one of mean, mean_std"),
     ({"train": {"epochs": True}}, r"'train.epochs': expected int"),

@@ -22,6 +22,23 @@ def test_weight_decay_exemptions():
     assert len(everything["params"]) == len(names)
 
 
+def test_generator_weight_decay_is_a_group_of_its_own():
+    """`generator_weight_decay` moves exactly the generators' decayed weights (their linear layers' weights;
+    their biases and BatchNorm stay exempt) into a third group with that decay; the network keeps its own."""
+    model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic")
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay, generator = parameter_groups(model, 5e-4, generator_weight_decay=0.0)
+    assert (decay["weight_decay"], no_decay["weight_decay"], generator["weight_decay"]) == (5e-4, 0.0, 0.0)
+    in_generator = {names[id(p)] for p in generator["params"]}
+    assert in_generator == {n for n, p in model.named_parameters() if ".generator." in n and p.ndim > 1}
+    assert len(in_generator) == 2 * 16  # the input projection and the head of each of the 16 generators
+    assert not any(".generator." in names[id(p)] for p in decay["params"])
+    assert any(n.endswith("generator.head.bias") for n in map(names.get, map(id, no_decay["params"])))
+    assert len(decay["params"]) + len(no_decay["params"]) + len(generator["params"]) == len(names)
+    static = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar")
+    assert len(parameter_groups(static, 5e-4, generator_weight_decay=0.0)) == 2  # no generator: no empty group
+
+
 def test_lr_schedules():
     cos = LRSchedule("cosine", total_steps=100, warmup_steps=10)
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(10) == pytest.approx(1.0)

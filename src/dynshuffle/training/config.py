@@ -12,7 +12,7 @@ that uses them; the schema refers to them.
               initial_confidence, relaxation, stats, head_init, diversity, sync_bn
     data:     name, root, download, batch_size (global, over all processes), eval_batch_size, workers, skip_corrupt
     optim:    name, lr, base_batch_size (lr is scaled by batch_size / base_batch_size), momentum, nesterov,
-              weight_decay, exempt_norm_bias, grad_clip
+              weight_decay, exempt_norm_bias, generator_weight_decay, grad_clip
     schedule: name (cosine | linear | step | constant), warmup_epochs, min_lr_factor, milestones, gamma
     shuffle:  lambda, penalty_free_fraction, ste_fraction, temperature, final_temperature, noise, train_mode,
               eval_soft (the settings of dynshuffle.ShuffleSchedule)
@@ -109,6 +109,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     exempt_norm_bias: bool = field(default=True, metadata=key(
         doc="no weight decay on norm weights and on biases (the shuffle generator's logit biases included)"))
+    generator_weight_decay: Optional[float] = field(default=None, metadata=key(
+        doc="weight decay on the shuffle generators' weights; null: weight_decay"))
     grad_clip: Optional[float] = None
 
 
@@ -245,6 +247,8 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.base_batch_size is None or cfg.optim.base_batch_size >= 1, "optim.base_batch_size", "must be >= 1")
     need(0 <= cfg.optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(cfg.optim.generator_weight_decay is None or cfg.optim.generator_weight_decay >= 0,
+         "optim.generator_weight_decay", "must be >= 0 or null")
     need(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov", "needs optim.momentum > 0")
     need(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0")
     need(0 <= cfg.schedule.min_lr_factor <= 1, "schedule.min_lr_factor", "must be in [0, 1]")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dynshuffle.layers.base import shuffle_modules
+from dynshuffle.layers.generator import ShuffleGenerator
 
 OPTIMIZERS = ("sgd",)
 LR_SCHEDULES = ("cosine", "linear", "step", "constant")
@@ -14,34 +15,41 @@ LR_SCHEDULES = ("cosine", "linear", "step", "constant")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bool = True) -> list[dict]:
-    """Two groups: parameters with weight decay, and those without.
+def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bool = True,
+                     generator_weight_decay: float | None = None) -> list[dict]:
+    """The optimizer's parameter groups: parameters with weight decay, those without, and, when
+    `generator_weight_decay` is set, the shuffle generators' decayed weights with that decay instead.
 
     With `exempt_norm_bias`, the exempt set is every parameter of a normalisation layer and every bias
     (any parameter of one dimension or fewer, or named `*bias`): this covers BatchNorm's affine weights,
     convolution/linear biases and the bias of the shuffle generator's logit heads, whose positive diagonal
     is what makes a fresh dynamic shuffle start as the fixed shuffle (decay would pull it to uniform),
     and the logits of a learned (input-independent) shuffle, which play the same role.
+    `generator_weight_decay` separates the weights through which a generator's scores depend on the input
+    (its linear layers) from the network's: decay pulls them, and with them the per-input part of the
+    scores, towards zero (docs/method.md §8.5). Groups left empty are left out.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     # A learned (input-independent) shuffle's logits are its bias: the same role as the generator's
     # logit biases, so they are exempt too (they are the shuffle modules' own, non-child parameters).
     logits = {id(p) for m in shuffle_modules(model) for p in m.parameters(recurse=False)}
-    decay, no_decay = [], []
+    generators = set() if generator_weight_decay is None else \
+        {id(p) for m in model.modules() if isinstance(m, ShuffleGenerator) for p in m.parameters()}
+    decay, no_decay, generator = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         exempt = exempt_norm_bias and (p.ndim <= 1 or name.endswith("bias") or id(p) in norm_params
                                        or id(p) in logits)
-        (no_decay if exempt else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        (no_decay if exempt else generator if id(p) in generators else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": generator, "weight_decay": generator_weight_decay}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.exempt_norm_bias)
+    groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.exempt_norm_bias,
+                              optim_cfg.generator_weight_decay)
     if optim_cfg.name not in OPTIMIZERS:
         raise ValueError(f"config key 'optim.name': unknown optimizer {optim_cfg.name!r} (known: "
                          f"{', '.join(OPTIMIZERS)})")
