@@ -25,9 +25,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
     convolution/linear biases and the bias of the shuffle generator's logit heads, whose positive diagonal
     is what makes a fresh dynamic shuffle start as the fixed shuffle (decay would pull it to uniform),
     and the logits of a learned (input-independent) shuffle, which play the same role.
-    `generator_weight_decay` separates the weights through which a generator's scores depend on the input
-    (its linear layers) from the network's: decay pulls them, and with them the per-input part of the
-    scores, towards zero (docs/method.md §8.5). Groups left empty are left out.
+    `generator_weight_decay` gives the weights through which a generator's scores depend on the input (its
+    linear layers) a decay of their own, since decay pulls the per-input part of the scores towards zero
+    (docs/method.md §8.5 measures whether that matters). Groups left empty are left out.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     # A learned (input-independent) shuffle's logits are its bias: the same role as the generator's
