@@ -57,22 +57,26 @@ def _sds_inputs(model, size):
     return seen
 
 
+def _fused_generator_macs(model) -> int:
+    """C·d (reduce) + d·k·width (the head) per shuffle module: k = n1 + n2 rows padded to FUSED_ROW_WIDTH."""
+    return sum(m.hidden * (m.channels + (m.n1 + m.n2) * max(m.n1 + m.n2, FUSED_ROW_WIDTH))
+               for m in shuffle_modules(model))
+
+
 def test_the_shuffle_work_is_counted_exactly():
     kw = {"num_classes": 10, "stem": "cifar"}
     static, dynamic = ShuffleNetV2(0.5, **kw), ShuffleNetV2(0.5, shuffle="dynamic", **kw)
     learned, sds = ShuffleNetV2(0.5, shuffle="learned", **kw), ShuffleNetV2(0.5, pointwise="sds", **kw)
     # the generators' linears, once per image, in the inference form that eval runs: C·d (reduce) + d·k·width
     # (one head writing the block-diagonal score matrix of A and B, k = n1 + n2 rows padded to FUSED_ROW_WIDTH)
-    generators = sum(m.hidden * (m.channels + (m.n1 + m.n2) * max(m.n1 + m.n2, FUSED_ROW_WIDTH))
-                     for m in shuffle_modules(dynamic))
+    generators = _fused_generator_macs(dynamic)
     assert generators == 23040
     assert count_macs(dynamic, 32) - count_macs(static, 32) == generators
     assert count_macs(learned, 32) == count_macs(static, 32)  # inference is a gather: nothing to count
     # What the conv/linear hooks cannot see: SDS's mixing, C·(n1 + n2) per pixel (factored), and the inference
     # form of its generator (functional linears, as above)
     mixing = sum(c * (m.dynamic.n1 + m.dynamic.n2) * h * w for m, (c, h, w) in _sds_inputs(sds, 32).items())
-    sds_generators = sum(m.hidden * (m.channels + (m.n1 + m.n2) * max(m.n1 + m.n2, FUSED_ROW_WIDTH))
-                         for m in shuffle_modules(sds))
+    sds_generators = _fused_generator_macs(sds)
     assert count_macs(sds, 32) - count_conv_linear_macs(sds, 32) == mixing + sds_generators
     # a static model's training FLOPs are twice its multiply-adds (no elementwise work is counted there)
     assert count_flops(static, 32) == 2 * count_macs(static, 32)

@@ -205,7 +205,8 @@ def _check_stats_inputs(images, labels, batch_size) -> Tensor | None:
 
 def _accumulate(model: nn.Module, layers: dict[str, nn.Module], images: Tensor, batch_size: int,
                 mode: str) -> tuple[dict[str, list[Tensor]], dict[str, dict[str, float]]]:
-    """Each layer's permutations (one tensor per batch) and the sums of its soft-matrix statistics."""
+    """Each layer's permutations (one tensor per batch), the sums of its soft-matrix statistics and its
+    scores per batch (under "scores")."""
     perms: dict[str, list[Tensor]] = {name: [] for name in layers}
     sums = {name: {"row_max_a": 0.0, "row_max_b": 0.0, "penalty": 0.0, "min_row_max_a": 1.0,
                    "min_row_max_b": 1.0, "scores": []} for name in layers}
@@ -213,11 +214,13 @@ def _accumulate(model: nn.Module, layers: dict[str, nn.Module], images: Tensor, 
         inputs = collect_inputs(model, images[start:start + batch_size], mode)
         for name, module in layers.items():
             x = inputs[name]
-            a, b = module.soft_matrices(x)
+            # One generator pass gives both the scores (for the margins) and the soft matrices built from them
+            # (the values of `module.soft_matrices(x)`).
+            scores = [f.expand(x.shape[0], *f.shape[1:]) for f in module.scaled_logits(x)]
+            a, b = module.soft_from_scores(*scores)
             perms[name].append(module.permutation(x).cpu())
             s = sums[name]
-            s["scores"].append(tuple(f.expand(x.shape[0], *f.shape[1:]).flatten(1, -2).float().cpu()
-                                     for f in module.scaled_logits(x)))
+            s["scores"].append(tuple(f.flatten(1, -2).float().cpu() for f in scores))
             for key, m in (("a", a), ("b", b)):
                 row_max = m.amax(-1).float()
                 # Per sample: mean over (groups and) rows; summed over samples here, divided by n later.

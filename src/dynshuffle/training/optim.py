@@ -27,7 +27,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
     and the logits of a learned (input-independent) shuffle, which play the same role.
     `generator_weight_decay` gives the weights through which a generator's scores depend on the input (its
     linear layers) a decay of their own, since decay pulls the per-input part of the scores towards zero
-    (docs/method.md §8.5 measures whether that matters). Groups left empty are left out.
+    (docs/method.md §8.5 measures whether that matters). The last two groups are left out when empty.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     # A learned (input-independent) shuffle's logits are its bias: the same role as the generator's
@@ -42,9 +42,10 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
         exempt = exempt_norm_bias and (p.ndim <= 1 or name.endswith("bias") or id(p) in norm_params
                                        or id(p) in logits)
         (no_decay if exempt else generator if id(p) in generators else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
-              {"params": generator, "weight_decay": generator_weight_decay}]
-    return [g for g in groups if g["params"]]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups += [{"params": no_decay, "weight_decay": 0.0}] if no_decay else []
+    groups += [{"params": generator, "weight_decay": generator_weight_decay}] if generator else []
+    return groups
 
 
 def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
