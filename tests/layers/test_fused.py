@@ -95,3 +95,21 @@ def test_inference_under_bfloat16_autocast_applies_the_permutation_it_reports(ra
         y, perm = module(x), module.permutation(x)
     assert all(sorted(row.tolist()) == list(range(48)) for row in perm)
     assert torch.equal(y, DF.permute_channels(x, perm))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("options", [{}, {"share": False}], ids=["shared", "per-group"])
+def test_a_non_finite_score_in_one_row_of_b_still_gives_permutations(bad, options):
+    """A NaN or infinite score in one of B's rows makes that row's softmax all NaN, whose argmax is column 0.
+    Counted across both factors (as the fused generator once wrote B's scores, from column n1) that row joined
+    A's, and eval failed in the scatter with an out-of-range index; counted within B it stays B's."""
+    torch.manual_seed(0)
+    module = DynamicShuffle(48, 2, **options).eval()
+    gen = module.generator
+    with torch.no_grad():
+        gen.head.bias[gen.heads * gen.n1 * gen.n1 + 1] = bad  # one score of the first row of B
+    x = torch.randn(4, 48, 3, 3)
+    for m in (module, fuse_for_inference(module)):
+        perm = m.permutation(x)
+        assert all(sorted(row.tolist()) == list(range(48)) for row in perm)
+        assert torch.equal(m(x), DF.permute_channels(x, perm))

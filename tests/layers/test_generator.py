@@ -54,10 +54,11 @@ def test_a_single_sample_in_training_is_normalised_with_the_running_statistics()
 
 
 @pytest.mark.parametrize("n1,n2,heads,width", [(2, 3, 1, FUSED_ROW_WIDTH), (2, 3, 2, FUSED_ROW_WIDTH), (8, 12, 1, 20)])
-def test_fused_generator_writes_both_blocks_in_rows_padded_to_the_fast_softmax_width(n1, n2, heads, width):
-    """The fused head writes A's and B's scores (BatchNorm folded, divided by the temperature) as the
-    diagonal blocks of one score matrix per head, -1e9 elsewhere; rows shorter than FUSED_ROW_WIDTH get
-    -1e9 columns up to it (the CPU softmax is slow on shorter rows), longer ones are not padded."""
+def test_fused_generator_writes_both_factors_in_rows_padded_to_the_fast_softmax_width(n1, n2, heads, width):
+    """The fused head writes A's and B's scores (BatchNorm folded, divided by the temperature) as the rows of
+    one score matrix per head, each factor's columns from 0, -1e9 beyond them; rows shorter than
+    FUSED_ROW_WIDTH get -1e9 columns up to it (the CPU softmax is slow on shorter rows), longer ones are not
+    padded."""
     torch.manual_seed(0)
     gen = ShuffleGenerator(8, 5, n1, n2, heads=heads, diagonal_logit=lambda n: 1.0, head_init=0.5).eval()
     with torch.no_grad():
@@ -69,9 +70,9 @@ def test_fused_generator_writes_both_blocks_in_rows_padded_to_the_fast_softmax_w
     assert fused.width == width and f"width={width}" in repr(fused)
     flat = gen(x) / 2.0
     torch.testing.assert_close(scores[:, :, :n1, :n1], flat[:, :heads * n1 * n1].view(4, heads, n1, n1))
-    torch.testing.assert_close(scores[:, :, n1:, n1:n1 + n2], flat[:, heads * n1 * n1:].view(4, heads, n2, n2))
+    torch.testing.assert_close(scores[:, :, n1:, :n2], flat[:, heads * n1 * n1:].view(4, heads, n2, n2))
     off_block = torch.ones(n1 + n2, width, dtype=torch.bool)
-    off_block[:n1, :n1] = off_block[n1:, n1:n1 + n2] = False
+    off_block[:n1, :n1] = off_block[n1:, :n2] = False
     assert torch.all(scores[:, :, off_block] == -1e9)
 
 

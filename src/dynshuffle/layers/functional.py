@@ -213,24 +213,27 @@ def row_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
     return col, conf
 
 
-def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None) -> Tensor:
+def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None, n1: int | None = None) -> Tensor:
     """The permutation that gives the k-th row by (column `col`, descending confidence `conf` in [0, 1],
     then row index) column k: `argsort(argsort(key))`.
 
-    The key `(col * 4096 - round(4095 * conf)) * k + row` is an exact integer held in a float (float32
-    while it stays below 2**24, float64 beyond): confidence is quantised to 1/4095 and the row index
+    The key `(col * 4096 + round(offset - 4095 * conf)) * k + row` is an exact integer held in a float
+    (float32 while it stays below 2**24, float64 beyond): confidence is quantised to 1/4095 and the row index
     breaks what is left of a tie, so the order is deterministic (equal on every device, eager or exported)
     without a stable sort. A NaN confidence (a row of NaN or infinite scores: a diverged generator)
     counts as 0, so its key stays finite and keeps its place among its own factor's rows: without that, a
     NaN key of A's rows could sort among B's rows in `binarize_pair`, and the indices left the range.
     Five elementwise ops: at batch 1 this path is bound by per-op overhead.
     `k`: the number of rows, when the caller knows it as a constant (an exporter then records no shape read).
+    `n1`: two factors in one call: rows from `n1` on are B's, with columns counted from 0 within B; their keys
+    are offset by `4096 * n1` (`_key_offsets`), so they rank after all of A's rows and get columns n1..k-1.
     """
     k = col.shape[-1] if k is None else k
     dtype = torch.float32 if 4096 * k * k < 2 ** 24 else torch.float64
     conf = conf if conf.dtype == dtype else conf.to(dtype)
     conf = torch.where(conf == conf, conf, 0.0)  # NaN -> 0 in two exported nodes (nan_to_num exports ~10)
-    doubt = torch.round(conf * -4095.0)
+    doubt = torch.round(conf * -4095.0 if n1 is None else
+                        torch.add(_tables(_key_offsets)(n1, k - n1, dtype, col.device), conf, alpha=-4095.0))
     key = torch.add(_tables(_row_keys)(k, dtype, col.device), torch.add(doubt, col, alpha=4096), alpha=k)
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
     order = key.topk(k, dim=-1, largest=False).indices
@@ -245,7 +248,7 @@ def factor_orders(a: Tensor, b: Tensor) -> Tensor:
     confidence is each row's largest entry. The order is the inverse of the permutation: row `order[r]`
     gets column `r`, and `invert_permutation(order) == binarize_pair(scores_a, scores_b)` (concatenated,
     B offset by n1). Consumers that can use the order directly (`inverse_composed_index`) skip the second
-    sort. Eight ops for both factors: two max reductions written into one buffer, the key, one stable sort.
+    sort. Seven ops for both factors: two max reductions written into one buffer, the key, one stable sort.
     """
     n1, n2 = a.shape[-1], b.shape[-1]
     lead = a.shape[:-2]
@@ -257,30 +260,30 @@ def factor_orders(a: Tensor, b: Tensor) -> Tensor:
         col = torch.empty(*lead, n1 + n2, dtype=torch.long, device=a.device)
         torch.max(a.detach(), -1, out=(conf[..., :n1], col[..., :n1]))
         torch.max(b.detach(), -1, out=(conf[..., n1:], col[..., n1:]))
-    return _sorted_rows(conf, col, _tables(_factor_offsets)(n1, n2, conf.dtype, a.device))
+    return _sorted_rows(conf, col, n1)
 
 
-def block_orders(p: Tensor) -> Tensor:
-    """`factor_orders` of the block-diagonal soft matrix `p = diag(A, B)` `(..., n1 + n2, n1 + n2)` (what a
-    fused generator's scores give, `FusedShuffleGenerator`): its argmax columns are already offset for B."""
+def block_orders(p: Tensor, n1: int) -> Tensor:
+    """`factor_orders` of the soft matrices of both factors in one tensor `p` `(..., n1 + n2, width)`, as a
+    fused generator's scores give them (`FusedShuffleGenerator`): A's rows, then B's, each with its columns
+    from 0 (padding columns beyond the factor's own are never a row's largest entry)."""
     conf, col = p.detach().max(-1)
-    return _sorted_rows(conf, col)
+    return _sorted_rows(conf, col, n1)
 
 
-def _sorted_rows(conf: Tensor, col: Tensor, offsets: Tensor | None = None) -> Tensor:
-    """The rows sorted by (column + offset, descending confidence, row): `ranked_columns`' order."""
+def _sorted_rows(conf: Tensor, col: Tensor, n1: int) -> Tensor:
+    """The rows sorted by (column, descending confidence, row), B's rows (from `n1` on) after A's:
+    `ranked_columns`' order, with its key, without the row term (the sort is stable)."""
     # A diverged generator gives NaN rows: confidence 0 keeps their key finite, so B's rows stay behind A's.
     conf = conf.nan_to_num(0.0)
-    # The key of `ranked_columns` without its row term (the sort is stable): 4096 x (column, B's offset by
-    # n1) minus the confidence quantised to 1/4095; an exact integer in float32 for n1 + n2 < 4096.
-    key = torch.add(torch.round(conf.mul_(-4095.0)), col, alpha=4096)
-    if offsets is not None:
-        key = key.add_(offsets)
+    offsets = _tables(_key_offsets)(n1, conf.shape[-1] - n1, conf.dtype, conf.device)
+    key = torch.add(torch.round(torch.add(offsets, conf, alpha=-4095.0)), col, alpha=4096)
     return torch.sort(key, dim=-1, stable=True).indices
 
 
 @functools.lru_cache(maxsize=64)
-def _factor_offsets(n1: int, n2: int, dtype, device) -> Tensor:
+def _key_offsets(n1: int, n2: int, dtype, device) -> Tensor:
+    """The sort-key offset of each row of two factors: 0 for A's n1 rows, `4096 * n1` for B's n2 rows."""
     return torch.tensor([0.0] * n1 + [4096.0 * n1] * n2, dtype=dtype, device=device)
 
 
@@ -398,15 +401,17 @@ def one_hot_permutation(perm: Tensor, dtype=torch.float32) -> Tensor:
 def binarize_pair(scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor]:
     """`(binarize(scores_a), binarize(scores_b))` (no claim rounds) with one pair of sorts for both.
 
-    The keys of B's rows are offset by n1, so every row of A sorts before every row of B and the two
-    results are exactly those of separate calls. `scores_a` `(..., n1, n1)`, `scores_b` `(..., n2, n2)`
-    with the same leading shape.
+    The keys of B's rows are offset past A's (`ranked_columns(..., n1=n1)`), so every row of A sorts before
+    every row of B. The results are those of separate calls, except where the offset's addition rounds a
+    B row's confidence to the neighbouring 1/4095 step (the float sum errs by under n1/4096 of a step);
+    that can only reorder two B rows with the same argmax column and confidences a step apart.
+    `scores_a` `(..., n1, n1)`, `scores_b` `(..., n2, n2)` with the same leading shape.
     """
     col_a, conf_a = row_argmax(scores_a)
     col_b, conf_b = row_argmax(scores_b)
     n1 = scores_a.shape[-1]
-    ranks = ranked_columns(torch.cat([col_a, col_b + n1], -1), torch.cat([conf_a, conf_b], -1),
-                           n1 + scores_b.shape[-1])
+    ranks = ranked_columns(torch.cat([col_a, col_b], -1), torch.cat([conf_a, conf_b], -1),
+                           n1 + scores_b.shape[-1], n1)
     return ranks[..., :n1], ranks[..., n1:] - n1
 
 
@@ -426,8 +431,7 @@ def compose_permutation(perm_a: Tensor, perm_b: Tensor, groups: int) -> Tensor:
 
 def compose_ranks(ranks: Tensor, n1: int, n2: int, groups: int) -> Tensor:
     """`compose_permutation(ranks[..., :n1], ranks[..., n1:] - n1, groups)` without the slices: `ranks`
-    `(N, n1 + n2)` or `(N, G, n1 + n2)` holds A's permutation, then B's offset by n1 (as `binarize` of a
-    block-diagonal score matrix gives them)."""
+    `(N, n1 + n2)` or `(N, G, n1 + n2)` holds A's permutation, then B's offset by n1 (as `ranked_columns(..., n1=n1)` gives them)."""
     k = n1 + n2
     stride = k if ranks.dim() == 3 else 0
     take_a, take_b, base = _tables(_compose_tables)(n1, n2, groups, stride, n1, ranks.device)

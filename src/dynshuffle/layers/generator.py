@@ -130,9 +130,9 @@ class ShuffleGenerator(nn.Module):
         weight = self.head.weight.new_zeros(heads, k, width, hidden)
         bias = self.head.bias.new_full((heads, k, width), -1e9)
         weight[:, :n1, :n1] = self.head.weight[:split].view(heads, n1, n1, -1) / temperature
-        weight[:, n1:, n1:k] = self.head.weight[split:].view(heads, n2, n2, -1) / temperature
+        weight[:, n1:, :n2] = self.head.weight[split:].view(heads, n2, n2, -1) / temperature
         bias[:, :n1, :n1] = self.head.bias[:split].view(heads, n1, n1) / temperature
-        bias[:, n1:, n1:k] = self.head.bias[split:].view(heads, n2, n2) / temperature
+        bias[:, n1:, :n2] = self.head.bias[split:].view(heads, n2, n2) / temperature
         head = nn.Linear(hidden, heads * k * width).to(self.head.weight)
         head.weight.copy_(weight.view(heads * k * width, -1))
         head.bias.copy_(bias.view(-1))
@@ -144,10 +144,10 @@ class ShuffleGenerator(nn.Module):
 
 class FusedShuffleGenerator(nn.Module):
     """Inference form of a `ShuffleGenerator`: BatchNorm folded into the first linear layer, the two heads
-    merged into one that writes a block-diagonal `(n1 + n2) x (n1 + n2)` score matrix per head (A's block,
-    then B's; the off-block scores are -1e9, so no row ever picks a column of the other factor), and the
-    temperature folded into the head. One pooling, two GEMMs and the activation per module; built by
-    `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, width)` scores for one head,
+    merged into one that writes the scores of A's n1 rows, then B's n2 rows, each row's own columns from 0
+    (column `j` of a B row is B's column `j`, so a row of NaN scores, whose argmax is column 0, still names
+    a column of its own factor), and the temperature folded into the head. One pooling, two GEMMs and the
+    activation per module; built by `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, width)` scores for one head,
     `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)): rows shorter than
     `FUSED_ROW_WIDTH` are padded with -1e9 columns, which no row picks, because PyTorch's CPU softmax runs
     rows of fewer than 16 entries element by element, many times slower per entry (docs/performance.md)."""
