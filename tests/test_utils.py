@@ -63,3 +63,32 @@ def test_csv_tables_round_trip_with_empty_cells(tmp_path):
                     {"epoch": "2", "loss": "nan", "mode": "", "note": ""}]
     write_csv(tmp_path / "empty.csv", [], ["epoch"])
     assert read_csv(tmp_path / "empty.csv") == (["epoch"], [])
+
+
+def test_a_lock_file_admits_one_holder_and_dies_with_its_process(tmp_path):
+    import subprocess
+    import sys
+
+    from dynshuffle.utils import lock_holder, try_lock
+
+    path = tmp_path / "run" / "compare.lock"
+    first = try_lock(path)
+    assert first is not None and try_lock(path) is None  # a second open file description is refused
+    assert lock_holder(path) == f"pid {os.getpid()} on {__import__('socket').gethostname()}"
+    first.close()
+    again = try_lock(path)
+    assert again is not None
+    again.close()
+    # A process killed while it holds the lock leaves no stale lock behind.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dynshuffle.utils import try_lock; "
+                               f"lock = try_lock({str(path)!r}); print(lock is not None, flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert try_lock(path) is None and lock_holder(path) == f"pid {holder.pid} on {__import__('socket').gethostname()}"
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = try_lock(path)
+    assert taken is not None
+    taken.close()

@@ -1,5 +1,6 @@
 """Small shared helpers: atomic file writes (a crash or a full disk never leaves a half-written file behind),
-CSV tables of dict rows (a run's log.csv is one), and `arg`, how an error message names an option.
+CSV tables of dict rows (a run's log.csv is one), a lock file that several processes can share, and `arg`,
+how an error message names an option.
 
 A failed write, flush or fsync (ENOSPC, EIO, EFBIG: the OS names no file for these) is re-raised as the same
 OSError with the target path as its filename, so the one-line message says which file could not be written.
@@ -12,6 +13,7 @@ import csv
 import io
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -125,6 +127,41 @@ def read_csv(path: str | os.PathLike) -> tuple[list[str], list[dict]]:
         reader = csv.DictReader(fh)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
+
+
+# ---- a lock several processes can share -----------------------------------------------------------------------
+
+def try_lock(path: str | os.PathLike) -> IO | None:
+    """Take the exclusive lock of the file `path` (created if missing) without waiting: the open file, which
+    holds the lock until it is closed, or None when another process holds it. The file then names its
+    holder (`lock_holder`). The operating system releases the lock when its process ends, even killed, so no
+    lock outlives a crash. Advisory (`fcntl.flock`): it keeps out only processes that ask for it; where
+    there is no `fcntl` (Windows) every call gets the lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        import fcntl
+    except ImportError:
+        return fh
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    return fh
+
+
+def lock_holder(path: str | os.PathLike) -> str:
+    """Who holds the lock file `path`, as its holder wrote it ("pid 1234 on host"), or "another process"."""
+    with contextlib.suppress(OSError):
+        text = Path(path).read_text().strip()
+        if text:
+            return text
+    return "another process"
 
 
 # ---- naming options in error messages ------------------------------------------------------------------------

@@ -3,8 +3,10 @@ the table files, reruns, workers, progress, latency ratios, checks before anythi
 Ctrl-C to the process group, and a killed parent whose workers exit by themselves."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -12,8 +14,10 @@ import torch
 from dynshuffle.checkpoints import build_model_from_checkpoint
 from dynshuffle.cli import main as cli_main
 from dynshuffle.profiling.counting import count_macs, count_params
-from dynshuffle.training.compare import COLUMNS, DEFAULT_VARIANTS, CompareFolderError, base_config, compare
+from dynshuffle.training.compare import (COLUMNS, DEFAULT_VARIANTS, MARKER, RUN_LOCK, CompareFolderError, _Claims,
+                                         _Progress, base_config, compare)
 from dynshuffle.training.recipes import VARIANTS, recipe
+from dynshuffle.utils import try_lock
 
 FAST = ["train.steps_per_epoch=3", "train.eval_steps=1", "data.eval_batch_size=90"]
 
@@ -113,6 +117,38 @@ def test_compare_cli_two_workers_and_errors(tmp_path, capfd):
     assert cli_main(["compare", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert cli_main(["compare", "--data", "cifar10", "--out", str(tmp_path)]) == 2
     assert "--dataset cifar10" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compares_sharing_a_folder_divide_its_runs(tmp_path, capfd, workers):
+    """A run whose folder another process has locked is skipped (and named unfinished in the table); a run
+    another process finished after this compare planned it is taken from its result.json, not trained."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / MARKER).write_text("{}")  # as another compare training seed 0 left them: its marker and its lock
+    lock = try_lock(out / "static" / "seed0" / RUN_LOCK)
+    try:
+        rows = compare(["static"], seeds=2, epochs=1, out=out, overrides=FAST, latency_runs=0, workers=workers)
+    finally:
+        lock.close()
+    printed = capfd.readouterr().out
+    assert f"static seed 0: skipped, pid {os.getpid()} on " in printed and "is training it" in printed
+    assert not (out / "static" / "seed0" / "result.json").exists() and (out / "static" / "seed1" / "result.json").is_file()
+    assert rows[0]["seeds"] == 1 and "**Unfinished** (1 run(s)): static seed 0" in (out / "compare.md").read_text()
+    assert "1 of 2 run(s) still training in other processes" in printed
+
+    # Planned while seed 0 was unfinished, then finished by the other process before this one reached it.
+    seed1 = json.loads((out / "static" / "seed1" / "result.json").read_text())
+    recipe0 = copy.deepcopy(seed1["recipe"])
+    recipe0["train"]["seed"] = 0
+    finished = {**seed1, "seed": 0, "recipe": recipe0}
+    (out / "static" / "seed0" / "result.json").write_text(json.dumps(finished))
+    job = {"variant": "static", "seed": 0, "config": recipe0, "run_dir": str(out / "static" / "seed0")}
+    got = []
+    assert _Claims(False, _Progress([job], 1, 0, False)).take(job, got.append) is False and got == [finished]
+    lock = try_lock(out / "static" / "seed0" / RUN_LOCK)  # released again
+    assert lock is not None
+    lock.close()
 
 
 def test_base_config_is_the_dataset_recipe_made_quiet():

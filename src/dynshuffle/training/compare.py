@@ -11,7 +11,10 @@ train/inference gap).
 The runs go to worker processes of one thread each (or this process). Ctrl-C (or an error in one run)
 stops every worker within seconds; each run keeps its last per-epoch checkpoint, the table of the finished
 runs is written with the unfinished ones named, and the same call again continues them. A worker whose
-`compare` process dies (even killed) notices within a second and exits.
+`compare` process dies (even killed) notices within a second and exits. Several `compare` processes may
+share one output folder (two terminals, the jobs of a cluster array): each run folder is locked while a run
+trains in it (`RUN_LOCK`), so they divide the runs between them, and none trains a run another has
+finished or is training.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ from dynshuffle.data.registry import build_datasets, dataset_info, get_dataset_s
 from dynshuffle.data.transforms import BatchTransform
 from dynshuffle.inspection.plots import plot_accuracy_vs_macs, plot_compare_curves
 from dynshuffle.layers.dynamic import DynamicShuffle
-from dynshuffle.utils import arg, atomic_write_text, command_line_active, command_line_names, read_csv
+from dynshuffle.utils import (arg, atomic_write_text, command_line_active, command_line_names, lock_holder,
+                              read_csv, try_lock)
 
 from .config import Config, apply_overrides
 from .evaluate import dynamic_dependence, first_images, measure_latencies, profile_row
@@ -58,6 +62,7 @@ DEFAULT_MODEL = "shufflenet_v2_x0_5"
 FIXED = "static"  # the variant every latency is a ratio to (built for the timing when it is not compared)
 RESULT = "result.json"  # in each run folder: the recipe it was trained with and its final figures
 MARKER = "compare.json"  # in the output folder: what `compare` wrote there
+RUN_LOCK = "compare.lock"  # in each run folder: locked by the compare process while the run trains
 DEPENDENCE_IMAGES = 1000  # validation images the data-dependence figures are computed on (at most)
 LATENCY_THREADS = 1  # torch threads of the latency timing: one, like the training workers
 STOP_GRACE = 3.0  # seconds a worker gets to stop on Ctrl-C before it is terminated
@@ -295,14 +300,17 @@ def _stop_workers(slots: list[_Slot], grace: float = STOP_GRACE) -> None:
         slot.conn.close()
 
 
-def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result) -> None:
+def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result, claims: _Claims) -> None:
     """Run the jobs in `workers` spawned processes of one thread each; `on_epoch` and `on_result` are called in
     this process. Returns when every job is done; raises KeyboardInterrupt, a run's error, or WorkerError, after
     stopping every worker."""
     pending = list(todo)
 
     def give(slot: _Slot) -> None:
-        slot.job = pending.pop(0) if pending else None
+        slot.job = None
+        while pending and slot.job is None:
+            job = pending.pop(0)
+            slot.job = job if claims.take(job, on_result) else None
         with contextlib.suppress(OSError):  # a worker that died: the loop below reports it with its run
             slot.conn.send(slot.job)
 
@@ -339,6 +347,7 @@ def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result) -> None
                 elif message[0] == "epoch":
                     on_epoch(*message[1:])
                 elif message[0] == "done":
+                    claims.release(slot.job)
                     on_result(message[1])
                     give(slot)
                 else:
@@ -350,13 +359,20 @@ def _run_in_workers(todo: list[dict], workers: int, on_epoch, on_result) -> None
         _stop_workers(slots)
 
 
-def _run_jobs(todo: list[dict], workers: int, on_epoch, on_result) -> None:
-    """Run the jobs: in this process for one worker, else in `workers` spawned processes of one thread each."""
-    if workers <= 1:
-        for job in todo:
-            on_result(_run_job(job, on_epoch))
-    else:
-        _run_in_workers(todo, workers, on_epoch, on_result)
+def _run_jobs(todo: list[dict], workers: int, on_epoch, on_result, claims: _Claims) -> None:
+    """Run the jobs that `claims` gives this process: in this process for one worker, else in `workers` spawned
+    processes of one thread each. Every lock is released on the way out."""
+    try:
+        if workers <= 1:
+            for job in todo:
+                if claims.take(job, on_result):
+                    result = _run_job(job, on_epoch)
+                    claims.release(job)
+                    on_result(result)
+        else:
+            _run_in_workers(todo, workers, on_epoch, on_result, claims)
+    finally:
+        claims.release_all()
 
 
 class _Progress:
@@ -386,6 +402,12 @@ class _Progress:
             print(f"compare: {variant} seed {seed} epoch {row['epoch']}/{epochs} top-1 {row['val_top1']:.4f} "
                   f"({self.status()})", flush=True)
 
+    def skipped(self, job: dict, why: str) -> None:
+        self.left[(job["variant"], job["seed"])] = 0
+        if self.verbose:
+            print(f"compare: {job['variant']} seed {job['seed']}: skipped, {why} ({job['run_dir']}); the table "
+                  f"takes its result if it is finished by then", flush=True)
+
     def finished(self, r: dict) -> None:
         self.done += 1
         self.left[(r["variant"], r["seed"])] = 0
@@ -398,36 +420,79 @@ class _Progress:
 
 # ---- the comparison --------------------------------------------------------------------------------------------
 
+def _saved_state(job: dict) -> tuple[str, dict | None]:
+    """What a job's run folder holds: `("done", result)` a run finished with the job's recipe, `("resume",
+    None)` one interrupted with it, `("new", None)` nothing to go on, `("changed", None)` another recipe's."""
+    run_dir = Path(job["run_dir"])
+    result_file, config_file = run_dir / RESULT, run_dir / "config.yaml"
+    if result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        same = _recipe_key(saved.get("recipe", {})) == _recipe_key(job["config"])
+        return ("done", saved) if same else ("changed", None)
+    if (run_dir / "last.state.pt").is_file():  # interrupted: continue it if its recipe is the same
+        saved = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        return ("resume", None) if _recipe_key(saved or {}) == _recipe_key(job["config"]) else ("changed", None)
+    return "new", None
+
+
 def _plan(jobs: list[dict], out: Path, overwrite: bool) -> tuple[list[dict], dict]:
     """(jobs to run, {(variant, seed): result} of runs finished earlier with the same recipe)."""
     done, todo, changed = {}, [], []
     for job in jobs:
-        run_dir = Path(job["run_dir"])
         job["resume"] = False
-        if overwrite:
-            todo.append(job)
-            continue
-        result_file, config_file = run_dir / RESULT, run_dir / "config.yaml"
-        if result_file.is_file():
-            saved = json.loads(result_file.read_text())
-            if _recipe_key(saved.get("recipe", {})) == _recipe_key(job["config"]):
-                done[(job["variant"], job["seed"])] = saved
-            else:
-                changed.append(str(run_dir))
-        elif (run_dir / "last.state.pt").is_file():  # interrupted: continue it if its recipe is the same
-            saved = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-            if _recipe_key(saved or {}) == _recipe_key(job["config"]):
-                job["resume"] = True
-                todo.append(job)
-            else:
-                changed.append(str(run_dir))
+        state, saved = ("new", None) if overwrite else _saved_state(job)
+        if state == "done":
+            done[(job["variant"], job["seed"])] = saved
+        elif state == "changed":
+            changed.append(job["run_dir"])
         else:
+            job["resume"] = state == "resume"
             todo.append(job)
     if changed:
         raise CompareFolderError(f"{out} holds runs trained with a different recipe ({', '.join(changed[:3])}"
                                  f"{', ...' if len(changed) > 3 else ''}); pass {arg('overwrite=True', '--overwrite')}"
                                  f" to train them afresh, or choose another {arg('out', '--out')}")
     return todo, done
+
+
+class _Claims:
+    """The run folders this process trains in, each locked (`RUN_LOCK`) from the moment its run is handed out
+    until it ends, so that compares sharing an output folder divide the runs: a run locked by another process
+    is skipped, and one that another process finished since the plan is taken from its result.json."""
+
+    def __init__(self, overwrite: bool, progress: _Progress) -> None:
+        self.overwrite, self.progress = overwrite, progress
+        self.locks: dict[tuple[str, int], object] = {}
+
+    def take(self, job: dict, on_result: Callable[[dict], None]) -> bool:
+        """Lock the job's run folder: True when this process is to train the run; False when another holds it,
+        or finished it meanwhile (then `on_result` gets its result)."""
+        key, lock_file = (job["variant"], job["seed"]), Path(job["run_dir"]) / RUN_LOCK
+        lock = try_lock(lock_file)
+        if lock is None:
+            self.progress.skipped(job, f"{lock_holder(lock_file)} is training it")
+            return False
+        state, saved = ("new", None) if self.overwrite else _saved_state(job)
+        if state in ("done", "changed"):
+            lock.close()
+            if state == "done":
+                on_result(saved)
+            else:
+                self.progress.skipped(job, "another process trained it with a different recipe meanwhile")
+            return False
+        if not self.overwrite:
+            job["resume"] = state == "resume"
+        self.locks[key] = lock
+        return True
+
+    def release(self, job: dict | None) -> None:
+        if job is not None and (lock := self.locks.pop((job["variant"], job["seed"]), None)) is not None:
+            lock.close()
+
+    def release_all(self) -> None:
+        for lock in self.locks.values():
+            lock.close()
+        self.locks.clear()
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -470,7 +535,8 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
 
     KeyboardInterrupt (Ctrl-C) or an error in a run stops every worker within seconds; runs in progress keep
     their last checkpoint; the table of the finished runs is written, naming the unfinished ones; then the
-    exception is raised again.
+    exception is raised again. Compares that share `out` divide its runs: a run another process is training
+    (its folder's `RUN_LOCK` is held) is skipped, and the table takes its result if it is finished by then.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # a worker importing the caller's script
         raise RuntimeError("compare was called while a worker process imported the calling script: put the call "
@@ -511,9 +577,13 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
 
     stopped: BaseException | None = None
     try:
-        _run_jobs(todo, workers, progress.epoch, finished)
+        _run_jobs(todo, workers, progress.epoch, finished, _Claims(overwrite, progress))
     except (KeyboardInterrupt, Exception) as err:  # the table of the finished runs first, then raise it again
         stopped = err
+    for job in jobs:  # runs that another compare sharing the folder finished meanwhile
+        key = (job["variant"], job["seed"])
+        if key not in done and (state := _saved_state(job))[0] == "done":
+            done[key] = state[1]
     unfinished = [(j["variant"], j["seed"]) for j in jobs if (j["variant"], j["seed"]) not in done]
     table = (variants, seed_list, jobs, done, model, spec.image_size, base.train.epochs)
     try:
@@ -546,6 +616,9 @@ def compare(variants: list[str] | tuple[str, ...] | None = None, seeds: int | li
             print(f"compare: {why}: {len(unfinished)} of {len(jobs)} run(s) unfinished; their folders keep their "
                   f"last checkpoint, and the same compare again continues them", flush=True)
         raise stopped
+    if unfinished and verbose:  # skipped: other processes sharing the folder are training them
+        print(f"compare: {len(unfinished)} of {len(jobs)} run(s) still training in other processes; the same "
+              f"compare again, once they finish, writes the whole table", flush=True)
     return rows
 
 
