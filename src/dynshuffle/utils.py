@@ -141,7 +141,7 @@ def try_lock(path: str | os.PathLike) -> IO | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(path, "a+")
     try:
-        import fcntl
+        import fcntl  # POSIX only: where it is missing (Windows), every call gets the lock
     except ImportError:
         return fh
     try:
