@@ -66,6 +66,7 @@ def test_csv_tables_round_trip_with_empty_cells(tmp_path):
 
 
 def test_a_lock_file_admits_one_holder_and_dies_with_its_process(tmp_path):
+    import socket
     import subprocess
     import sys
 
@@ -74,7 +75,7 @@ def test_a_lock_file_admits_one_holder_and_dies_with_its_process(tmp_path):
     path = tmp_path / "run" / "compare.lock"
     first = try_lock(path)
     assert first is not None and try_lock(path) is None  # a second open file description is refused
-    assert lock_holder(path) == f"pid {os.getpid()} on {__import__('socket').gethostname()}"
+    assert lock_holder(path) == f"pid {os.getpid()} on {socket.gethostname()}"
     first.close()
     again = try_lock(path)
     assert again is not None
@@ -85,7 +86,7 @@ def test_a_lock_file_admits_one_holder_and_dies_with_its_process(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "True"
-        assert try_lock(path) is None and lock_holder(path) == f"pid {holder.pid} on {__import__('socket').gethostname()}"
+        assert try_lock(path) is None and lock_holder(path) == f"pid {holder.pid} on {socket.gethostname()}"
     finally:
         holder.kill()
         holder.wait()

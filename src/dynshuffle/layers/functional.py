@@ -273,7 +273,8 @@ def block_orders(p: Tensor, n1: int) -> Tensor:
 
 def _sorted_rows(conf: Tensor, col: Tensor, n1: int) -> Tensor:
     """The rows sorted by (column, descending confidence, row), B's rows (from `n1` on) after A's:
-    `ranked_columns`' order, with its key, without the row term (the sort is stable)."""
+    `ranked_columns`' order, with its key without the row term (the sort is stable); the key is an integer,
+    exact in float32 while 4096 (n1 + n2) < 2**24."""
     # A diverged generator gives NaN rows: confidence 0 keeps their key finite, so B's rows stay behind A's.
     conf = conf.nan_to_num(0.0)
     offsets = _tables(_key_offsets)(n1, conf.shape[-1] - n1, conf.dtype, conf.device)
@@ -431,7 +432,8 @@ def compose_permutation(perm_a: Tensor, perm_b: Tensor, groups: int) -> Tensor:
 
 def compose_ranks(ranks: Tensor, n1: int, n2: int, groups: int) -> Tensor:
     """`compose_permutation(ranks[..., :n1], ranks[..., n1:] - n1, groups)` without the slices: `ranks`
-    `(N, n1 + n2)` or `(N, G, n1 + n2)` holds A's permutation, then B's offset by n1 (as `ranked_columns(..., n1=n1)` gives them)."""
+    `(N, n1 + n2)` or `(N, G, n1 + n2)` holds A's permutation, then B's offset by n1 (as
+    `ranked_columns(..., n1=n1)` gives them)."""
     k = n1 + n2
     stride = k if ranks.dim() == 3 else 0
     take_a, take_b, base = _tables(_compose_tables)(n1, n2, groups, stride, n1, ranks.device)
