@@ -1,8 +1,10 @@
 """dynshuffle.training.optim: weight-decay exemptions and the per-iteration learning-rate schedules."""
 import pytest
+import torch
 
 from dynshuffle.models.registry import create_model
-from dynshuffle.training.optim import LR_SCHEDULES, LRSchedule, parameter_groups
+from dynshuffle.training.config import Config, apply_overrides, validate
+from dynshuffle.training.optim import LR_SCHEDULES, LRSchedule, parameter_groups, set_lr
 
 
 def test_weight_decay_exemptions():
@@ -37,6 +39,28 @@ def test_generator_weight_decay_is_a_group_of_its_own():
     assert len(decay["params"]) + len(no_decay["params"]) + len(generator["params"]) == len(names)
     static = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar")
     assert len(parameter_groups(static, 5e-4, generator_weight_decay=0.0)) == 2  # no generator: no empty group
+
+
+def test_generator_lr_scale_moves_the_generators_weights_at_its_multiple_of_the_lr():
+    """`generator_lr_scale` puts the generators' weights in their own group, decayed as the network, and
+    `set_lr` gives that group its multiple of the learning rate; the other groups get the learning rate."""
+    model = create_model("shufflenet_v2_x0_5", num_classes=10, stem="cifar", shuffle="dynamic")
+    groups = parameter_groups(model, 5e-4, generator_lr_scale=10.0)
+    assert len(groups) == 3 and groups[2]["weight_decay"] == 5e-4 and groups[2]["lr_scale"] == 10.0
+    assert len(groups[2]["params"]) == 2 * 16
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    set_lr(optimizer, 0.02)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.02, 0.02, pytest.approx(0.2)]
+    weight = groups[2]["params"][0]
+    before = weight.detach().clone()
+    weight.grad = torch.ones_like(weight)
+    for p in groups[0]["params"] + groups[1]["params"] + groups[2]["params"][1:]:
+        p.grad = None
+    optimizer.step()
+    # One plain SGD step: the weight moves by lr x scale x (gradient + decay x weight).
+    torch.testing.assert_close(weight.detach(), before - 0.2 * (1 + 5e-4 * before))
+    with pytest.raises(ValueError, match="optim.generator_lr_scale.*must be > 0"):
+        validate(apply_overrides(Config(), ["optim.generator_lr_scale=0"]))
 
 
 def test_lr_schedules():

@@ -111,6 +111,8 @@ class OptimConfig:
         doc="no weight decay on norm weights and on biases (the shuffle generator's logit biases included)"))
     generator_weight_decay: Optional[float] = field(default=None, metadata=key(
         doc="weight decay on the shuffle generators' weights; null: weight_decay"))
+    generator_lr_scale: Optional[float] = field(default=None, metadata=key(
+        doc="the shuffle generators' weights train at this multiple of the lr; null: 1"))
     grad_clip: Optional[float] = None
 
 
@@ -249,6 +251,8 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(cfg.optim.generator_weight_decay is None or cfg.optim.generator_weight_decay >= 0,
          "optim.generator_weight_decay", "must be >= 0 or null")
+    need(cfg.optim.generator_lr_scale is None or cfg.optim.generator_lr_scale > 0,
+         "optim.generator_lr_scale", "must be > 0 or null")
     need(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov", "needs optim.momentum > 0")
     need(cfg.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0")
     need(0 <= cfg.schedule.min_lr_factor <= 1, "schedule.min_lr_factor", "must be in [0, 1]")

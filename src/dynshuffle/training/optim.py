@@ -16,9 +16,11 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalRe
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bool = True,
-                     generator_weight_decay: float | None = None) -> list[dict]:
+                     generator_weight_decay: float | None = None,
+                     generator_lr_scale: float | None = None) -> list[dict]:
     """The optimizer's parameter groups: parameters with weight decay, those without, and, when
-    `generator_weight_decay` is set, the shuffle generators' decayed weights with that decay instead.
+    `generator_weight_decay` or `generator_lr_scale` is set, the shuffle generators' decayed weights with that
+    decay (else the network's) and that multiple of the learning rate (`lr_scale`, applied by `set_lr`).
 
     With `exempt_norm_bias`, the exempt set is every parameter of a normalisation layer and every bias
     (any parameter of one dimension or fewer, or named `*bias`): this covers BatchNorm's affine weights,
@@ -27,13 +29,15 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
     and the logits of a learned (input-independent) shuffle, which play the same role.
     `generator_weight_decay` gives the weights through which a generator's scores depend on the input (its
     linear layers) a decay of their own, since decay pulls the per-input part of the scores towards zero
-    (docs/method.md §8.5 measures whether that matters). The last two groups are left out when empty.
+    (docs/method.md §8.5 measures whether that matters); `generator_lr_scale` lets those weights move faster
+    or slower than the network's. The last two groups are left out when empty.
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
     # A learned (input-independent) shuffle's logits are its bias: the same role as the generator's
     # logit biases, so they are exempt too (they are the shuffle modules' own, non-child parameters).
     logits = {id(p) for m in shuffle_modules(model) for p in m.parameters(recurse=False)}
-    generators = set() if generator_weight_decay is None else \
+    own_group = generator_weight_decay is not None or generator_lr_scale is not None
+    generators = set() if not own_group else \
         {id(p) for m in model.modules() if isinstance(m, ShuffleGenerator) for p in m.parameters()}
     decay, no_decay, generator = [], [], []
     for name, p in model.named_parameters():
@@ -44,13 +48,15 @@ def parameter_groups(model: nn.Module, weight_decay: float, exempt_norm_bias: bo
         (no_decay if exempt else generator if id(p) in generators else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     groups += [{"params": no_decay, "weight_decay": 0.0}] if no_decay else []
-    groups += [{"params": generator, "weight_decay": generator_weight_decay}] if generator else []
+    if generator:
+        groups.append({"params": generator, "lr_scale": 1.0 if generator_lr_scale is None else generator_lr_scale,
+                       "weight_decay": weight_decay if generator_weight_decay is None else generator_weight_decay})
     return groups
 
 
 def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
     groups = parameter_groups(model, optim_cfg.weight_decay, optim_cfg.exempt_norm_bias,
-                              optim_cfg.generator_weight_decay)
+                              optim_cfg.generator_weight_decay, optim_cfg.generator_lr_scale)
     if optim_cfg.name not in OPTIMIZERS:
         raise ValueError(f"config key 'optim.name': unknown optimizer {optim_cfg.name!r} (known: "
                          f"{', '.join(OPTIMIZERS)})")
@@ -103,8 +109,9 @@ def build_lr_schedule(sched_cfg, epochs: int, steps_per_epoch: int) -> LRSchedul
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate to `lr`, times the group's `lr_scale` where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def peak_lr(optim_cfg, global_batch: int) -> float:
