@@ -294,6 +294,26 @@ def test_resume_takes_new_lr_and_epochs_but_refuses_model_changes(tmp_path, caps
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.5  # config.yaml untouched
 
 
+def test_resume_takes_the_optimizer_settings_of_the_config_and_refuses_a_new_generator_group(
+        tmp_path, capsys, tiny_config, write_yaml):
+    """The checkpoint gives the momentum buffers; weight decay and the generators' lr scale come from the config
+    in use. Adding the generators' own group on resume is refused in one line, before anything is written."""
+    cfg = tiny_config(**{"train.epochs": 1, "model.shuffle": "dynamic"})
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(write_yaml(tmp_path / "cfg.yaml", cfg)), "--out", str(run)]) == 0
+    before = (run / "last.state.pt").read_bytes()
+    assert cli_main(["train", "--out", str(run), "--resume", "--set", "train.epochs=2",
+                     "--set", "optim.generator_lr_scale=2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot give the shuffle generators' weights a parameter group" in err and err.count("\n") == 1
+    assert (run / "last.state.pt").read_bytes() == before
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["generator_lr_scale"] is None
+    assert cli_main(["train", "--out", str(run), "--resume", "--set", "train.epochs=2",
+                     "--set", "optim.weight_decay=0.01"]) == 0
+    groups = torch.load(run / "last.state.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
+
+
 def test_nan_message_says_what_the_run_folder_holds(tmp_path, tiny_config):
     cfg = tiny_config(**{"train.epochs": 2, "model.shuffle": "static"})
     with pytest.raises(NonFiniteLossError) as first:

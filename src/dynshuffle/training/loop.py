@@ -201,13 +201,13 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool | str = False, overw
         if mode == "auto" and state is None and ctx.is_main:
             print(f"resume: no training state in {run_dir} yet (--resume auto); starting a new run", flush=True)
         run = setup(cfg, run_dir, ctx, model)  # reads the data first: data that is missing or unreadable fails
-        if ctx.is_main:                          # before the run folder is written
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-        if state is not None:
+        if state is not None:                    # before the run folder is written, and so does a refused resume
             restore(run, state)
         elif ctx.rank:
             torch.manual_seed(cfg.train.seed + 1000 * ctx.rank)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
         wrap_model(run)
         announce(run, model_given=model is not None)
         logger = TensorBoard(run_dir / "tb", enabled=ctx.is_main and cfg.log.tensorboard,
@@ -383,9 +383,21 @@ def setup(cfg: Config, run_dir: Path, ctx: D.DistContext, model: nn.Module | Non
 
 def restore(run: Run, state: dict) -> None:
     """Continue from a checkpoint: weights, optimizer (momentum), scaler, RNG, history. The lr and the shuffle
-    schedule are functions of the step, rebuilt from the config in use (a stored "scheduler" is ignored)."""
+    schedule are functions of the step, rebuilt from the config in use (a stored "scheduler" is ignored), and
+    so are the optimizer's settings (weight decay, momentum, a group's lr scale): the checkpoint gives only
+    its per-parameter state."""
     ckpt.load_model_weights(run.raw_model, state["_tensors"], run.run_dir / "last.safetensors")
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
+    saved = len(state["optimizer"]["param_groups"])
+    if saved != len(settings):
+        raise ValueError(f"{arg('resume', '--resume')} cannot give the shuffle generators' weights a parameter group "
+                         f"of their own or take it away: the run's optimizer has {saved} groups, this config "
+                         f"builds {len(settings)} (optim.generator_weight_decay and optim.generator_lr_scale are "
+                         f"null in one and set in the other); keep the run's values, or start a new run with "
+                         f"{arg('out_dir', '--out')} or {arg('overwrite=True', '--overwrite')}")
     run.optimizer.load_state_dict(state["optimizer"])
+    for group, setting in zip(run.optimizer.param_groups, settings):
+        group.update(setting)
     run.scaler.load_state_dict(state["scaler"])
     ranks = state.get("rng_ranks")
     if ranks and len(ranks) == run.ctx.world_size:  # every process continues its own random streams
