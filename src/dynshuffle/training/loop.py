@@ -390,11 +390,11 @@ def restore(run: Run, state: dict) -> None:
     settings = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
     saved = len(state["optimizer"]["param_groups"])
     if saved != len(settings):
-        raise ValueError(f"{arg('resume', '--resume')} cannot give the shuffle generators' weights a parameter group "
-                         f"of their own or take it away: the run's optimizer has {saved} groups, this config "
-                         f"builds {len(settings)} (optim.generator_weight_decay and optim.generator_lr_scale are "
-                         f"null in one and set in the other); keep the run's values, or start a new run with "
-                         f"{arg('out_dir', '--out')} or {arg('overwrite=True', '--overwrite')}")
+        raise ValueError(f"{arg('resume', '--resume')} cannot change the optimizer's parameter groups: the run's "
+                         f"has {saved}, this config builds {len(settings)} (optim.exempt_norm_bias decides the "
+                         f"exempt group; optim.generator_weight_decay or optim.generator_lr_scale, set, gives the "
+                         f"shuffle generators' weights a group of their own); keep the run's values, or start a new "
+                         f"run with {arg('out_dir', '--out')} or {arg('overwrite=True', '--overwrite')}")
     run.optimizer.load_state_dict(state["optimizer"])
     for group, setting in zip(run.optimizer.param_groups, settings):
         group.update(setting)
