@@ -68,7 +68,7 @@ def test_the_shuffle_work_is_counted_exactly():
     static, dynamic = ShuffleNetV2(0.5, **kw), ShuffleNetV2(0.5, shuffle="dynamic", **kw)
     learned, sds = ShuffleNetV2(0.5, shuffle="learned", **kw), ShuffleNetV2(0.5, pointwise="sds", **kw)
     # the generators' linears, once per image, in the inference form that eval runs: C·d (reduce) + d·k·width
-    # (one head writing the block-diagonal score matrix of A and B, k = n1 + n2 rows padded to FUSED_ROW_WIDTH)
+    # (one head writing the score rows of A and B, k = n1 + n2 rows padded to FUSED_ROW_WIDTH)
     generators = _fused_generator_macs(dynamic)
     assert generators == 23040
     assert count_macs(dynamic, 32) - count_macs(static, 32) == generators

@@ -439,14 +439,12 @@ def _plan(jobs: list[dict], out: Path, overwrite: bool) -> tuple[list[dict], dic
     """(jobs to run, {(variant, seed): result} of runs finished earlier with the same recipe)."""
     done, todo, changed = {}, [], []
     for job in jobs:
-        job["resume"] = False
         state, saved = ("new", None) if overwrite else _saved_state(job)
         if state == "done":
             done[(job["variant"], job["seed"])] = saved
         elif state == "changed":
             changed.append(job["run_dir"])
         else:
-            job["resume"] = state == "resume"
             todo.append(job)
     if changed:
         raise CompareFolderError(f"{out} holds runs trained with a different recipe ({', '.join(changed[:3])}"
@@ -480,8 +478,7 @@ class _Claims:
             else:
                 self.progress.skipped(job, "another process trained it with a different recipe meanwhile")
             return False
-        if not self.overwrite:
-            job["resume"] = state == "resume"
+        job["resume"] = state == "resume"  # read again under the lock: the plan may be out of date
         self.locks[key] = lock
         return True
 
