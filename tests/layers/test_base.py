@@ -198,6 +198,19 @@ def test_soft_path_records_the_penalty_and_gives_every_parameter_a_gradient(rand
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.parametrize("left", ["penalty", "reward"])
+def test_an_eval_forward_clears_what_a_training_forward_left_for_the_loss(left):
+    module = DynamicShuffle(12, 2, diversity=1.0).train()
+    x = torch.randn(4, 12, 3, 3)
+    module(x)
+    assert module.orthogonality_penalty is not None and module.diversity_reward is not None
+    if left == "reward":  # each of the two alone is cleared
+        module.orthogonality_penalty = None
+    module.eval()(x)
+    assert module.inference_form() is not None  # the eval forward took the fused path
+    assert module.orthogonality_penalty is None and module.diversity_reward is None
+
+
 def test_frozen_mode_trains_nothing_and_records_no_penalty(randomize, exact_factors):
     module = randomize(DynamicShuffle(12, 2, mode="frozen"), scale=0.5).train()
     x = torch.randn(4, 12, 3, 3, requires_grad=True)

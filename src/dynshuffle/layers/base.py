@@ -365,6 +365,12 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         self.orthogonality_penalty = penalty
         self.diversity_reward = None
 
+    def clear_penalties(self) -> None:
+        """Record that the last forward left nothing for the loss (an exact or inference forward)."""
+        # Assigning through nn.Module.__setattr__ takes microseconds, paid per module in every eval call.
+        if self.orthogonality_penalty is not None or self.diversity_reward is not None:
+            self.orthogonality_penalty = self.diversity_reward = None
+
     def index_from_scores(self, scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Exact permutations of the scores: `(index (N|1, C), perm_a, perm_b)`; branch-free (`DF.binarize`)."""
         if self.binarize_rounds == 0:
@@ -427,8 +433,10 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, x: Tensor) -> Tensor:
         fused = self.inference_form()
         if fused is not None:
-            self.orthogonality_penalty = self.diversity_reward = None
-            return fused(x)
+            self.clear_penalties()
+            # `forward`, not `__call__`: the cached form is private (no hooks), and at batch 1 a second
+            # module call per shuffle is measurable.
+            return fused.forward(x)
         check_input(x, self.channels, type(self).__name__)
         if self.uses_soft_path():
             a, b, penalty = self.soft_factors_and_penalty(x)
@@ -447,7 +455,7 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
             self.record_penalties(a, b, penalty)
             order = DF.factor_orders(a, b)
         else:
-            self.orthogonality_penalty = self.diversity_reward = None
+            self.clear_penalties()
             with torch.no_grad():
                 order = DF.factor_orders(*(torch.softmax(s, -1) for s in self.split_scores(self.flat_scores(x))))
             order = order[:, 0] if self.share else order
@@ -461,7 +469,7 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         index, perm_a, perm_b = self.index_from_scores(scores_a, scores_b)
         generator_needs_grad = torch.is_grad_enabled() and scores_a.requires_grad
         if self.mode == "frozen" or not (self.training and generator_needs_grad):
-            self.orthogonality_penalty = self.diversity_reward = None
+            self.clear_penalties()
             return DF.permute_channels(x, index)
         a, b = self.soft_from_scores(scores_a, scores_b)
         self.record_penalties(a, b)

@@ -87,7 +87,7 @@ class StaticDynamicShuffle(nn.Module):
                 n, c, h, w = x.shape
                 y.view(n * c, h * w).index_add_(0, fused.inverse_index(x)[0], x.view(n * c, h * w))
                 if isinstance(dyn, ShuffleModule):  # as its own eval forward leaves it
-                    dyn.orthogonality_penalty = dyn.diversity_reward = None
+                    dyn.clear_penalties()
             else:
                 y = y + dyn(x)
         if self.bias is not None:
