@@ -162,6 +162,23 @@ def test_base_config_is_the_dataset_recipe_made_quiet():
     assert base_config("digits", epochs=2).train.epochs == 2
 
 
+def test_a_resumed_runs_time_counts_the_epochs_before_its_resume(tmp_path, monkeypatch):
+    import dynshuffle.training.compare as compare_module
+
+    def resumed_train(cfg, run_dir, *, resume, overwrite, on_epoch):
+        restored = [{"epoch": 1, "seconds": 1000.0}, {"epoch": 2, "seconds": 2000.0}]  # from the checkpoint
+        row = {"epoch": 3, "seconds": 0.5}
+        on_epoch(row)
+        return {"history": restored + [row], "final": row, "model": torch.nn.Linear(2, 2)}
+
+    monkeypatch.setattr(compare_module, "train", resumed_train)
+    job = {"config": base_config().to_dict(), "variant": "static", "seed": 0, "run_dir": str(tmp_path),
+           "resume": True}
+    seconds = compare_module._run_job(job)["seconds"]
+    assert 3000.0 < seconds < 3060.0  # the two restored epochs and this call's own time
+    assert json.loads((tmp_path / "result.json").read_text())["seconds"] == seconds
+
+
 def test_a_run_saved_before_a_config_key_existed_keeps_its_recipe():
     from dynshuffle.training.compare import _recipe_key
 

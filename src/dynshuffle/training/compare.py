@@ -134,13 +134,18 @@ def _run_job(job: dict, on_epoch: Callable[[str, int, dict], None] | None = None
     cfg = Config.from_dict(job["config"])
     variant, seed = job["variant"], job["seed"]
 
+    trained = []  # the epochs this call trains (a resumed run's history also holds those before)
+
     def progress(row: dict) -> None:
+        trained.append(row)
         if on_epoch is not None:
             on_epoch(variant, seed, row)
 
     t0 = time.perf_counter()
     result = train(cfg, job["run_dir"], resume=job["resume"], overwrite=not job["resume"], on_epoch=progress)
-    seconds = time.perf_counter() - t0
+    # A resumed run's time: this call's, plus the epochs it restored (their own per-epoch seconds).
+    restored = result["history"][:len(result["history"]) - len(trained)]
+    seconds = time.perf_counter() - t0 + sum(row["seconds"] for row in restored)
     model = result["model"].eval()
     dependence = None
     if any(True for _ in _dynamic_modules(model)):
@@ -149,7 +154,7 @@ def _run_job(job: dict, on_epoch: Callable[[str, int, dict], None] | None = None
         images = _first_val_images(val_set, spec, DEPENDENCE_IMAGES, next(model.parameters()).device)
         dependence = dynamic_dependence(model, images)
     out = {"variant": variant, "seed": seed, "recipe": job["config"], "final": result["final"],
-           "seconds": seconds + (job.get("seconds_before") or 0.0), "dependence": dependence}
+           "seconds": seconds, "dependence": dependence}
     atomic_write_text(Path(job["run_dir"]) / RESULT, json.dumps(out, indent=1) + "\n")
     return out
 
