@@ -367,8 +367,11 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
 
     def clear_penalties(self) -> None:
         """Record that the last forward left nothing for the loss (an exact or inference forward)."""
-        # Assigning through nn.Module.__setattr__ takes microseconds, paid per module in every eval call.
-        if self.orthogonality_penalty is not None or self.diversity_reward is not None:
+        # Assigning through nn.Module.__setattr__ takes microseconds, paid per module in every eval call. A
+        # compiled graph assigns unconditionally: reading the attributes would guard on their types, and
+        # the first call after a training step (a tensor there, None after) would compile again.
+        if torch.compiler.is_compiling() or self.orthogonality_penalty is not None or \
+                self.diversity_reward is not None:
             self.orthogonality_penalty = self.diversity_reward = None
 
     def index_from_scores(self, scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
