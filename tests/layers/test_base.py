@@ -450,16 +450,19 @@ def test_module_compiles_with_fullgraph(mode):
             torch.testing.assert_close(pc.grad, pe.grad)
 
 
-def test_exact_path_ranks_the_scaled_logits(randomize):
-    """Regression: the repair used to score the raw logits while the soft matrices use logits / T; with
-    T != 1 and colliding argmaxes the two disagree on which row keeps a contested column."""
+def test_exact_permutation_follows_the_argmaxes_whatever_the_temperature(randomize):
+    """The exact path ranks rows by argmax column, then row index: a positive temperature moves no argmax, so
+    it changes no permutation, also where rows collide (an earlier version ranked collisions by a confidence
+    that the temperature changed, and once scored raw logits where the soft matrices used logits / T)."""
     module = randomize(DynamicShuffle(12, 2, temperature=4.0), scale=1.0, seed=3).eval()
     x = torch.randn(64, 12, 2, 2)
     la, lb = module.logits(x)
-    expected = DF.compose_permutation(*(m[:, 0] for m in DF.binarize_pair(la / 4.0, lb / 4.0)), 2)
+    expected = DF.compose_permutation(*(m[:, 0] for m in DF.binarize_pair(la, lb)), 2)
     assert torch.equal(module.permutation(x), expected)
-    raw = DF.compose_permutation(*(m[:, 0] for m in DF.binarize_pair(la, lb)), 2)
-    assert not torch.equal(raw, expected)  # the test can tell the two apart
+    module.temperature = 0.5
+    assert torch.equal(module.permutation(x), expected)
+    cols = lb[:, 0].argmax(-1)
+    assert any(len(set(row.tolist())) < lb.shape[-1] for row in cols)  # the draw has collisions to rank
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "learned", "sds"])

@@ -135,32 +135,25 @@ def test_greedy_assignment_equals_sequential_greedy(k, decimals):
     assert torch.equal(DF.greedy_assignment(scores), _sequential_greedy(scores))
 
 
-def test_binarize_orders_collisions_by_confidence_then_row():
-    # Rows 0 and 2 both want column 1; row 2 is the more confident one and keeps it. Row 0 then takes the
-    # next column in the sorted order (2), and row 1's column 0 is untouched.
+def test_binarize_orders_collisions_by_row():
+    # Rows 0 and 2 both want column 1: in the order (column, row) row 0 comes first and keeps it, although
+    # row 2 is the more confident; row 2 takes the next column (2), and row 1's column 0 is untouched.
     scores = torch.tensor([[0.0, 2.0, 0.0], [5.0, 0.0, 0.0], [0.0, 6.0, 0.0]])
-    assert DF.binarize(scores).tolist() == [2, 0, 1]
-    # Equal confidence: the lower row index goes first.
+    assert DF.binarize(scores).tolist() == [1, 0, 2]
     assert DF.binarize(torch.tensor([[0.0, 3.0], [0.0, 3.0]])).tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("k", [64, 300])  # below and above the float32 key limit (4096 k² < 2**24)
-def test_binarize_large_matrices_keep_exact_keys(k):
+@pytest.mark.parametrize("k", [64, 300])
+def test_binarize_large_matrices(k):
     g = torch.Generator().manual_seed(k)
     perms = torch.stack([torch.randperm(k, generator=g) for _ in range(3)])
-    # Distinct argmaxes with confidences that differ by less than a float32 key could resolve at k = 300.
     scores = DF.one_hot_permutation(perms) * 4.0 + torch.rand(3, k, k, generator=g) * 1e-3
     assert torch.equal(DF.binarize(scores), perms)
     collide = scores.clone()
-    collide[:, :, 0] += 10.0                  # every row's argmax is column 0
-    perm = DF.binarize(collide)
-    assert _permutations(perm)
-    # The most confident row keeps column 0.
-    conf = torch.softmax(collide, -1).max(-1).values
-    assert torch.equal(perm.argmin(-1), conf.argmax(-1))
-    # Same column, same confidence: rows keep their index order, which needs every unit of the key
-    # (a float32 key at k = 300 would round the row index away).
-    same = DF.ranked_columns(torch.full((2, k), k - 1), torch.full((2, k), 0.5))
+    collide[:, :, 0] += 10.0                  # every row's argmax is column 0: rows take the columns in order
+    assert torch.equal(DF.binarize(collide), torch.arange(k).expand(3, k))
+    # B's rows of a pair rank after A's: every key is distinct (integers, exact at any size).
+    same = DF.ranked_columns(torch.full((2, k), k // 2 - 1), k, k // 2)
     assert torch.equal(same, torch.arange(k).expand(2, k))
 
 
@@ -287,13 +280,13 @@ def test_binarize_pair_of_diverged_scores_gives_permutations_in_range():
         torch.equal(perm_b[finite], DF.binarize(scores_b[finite]))
 
 
-def test_collisions_sorted_by_column_then_confidence():
-    scores = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 2.0]]])
-    # Rows 0 and 1 both want column 1; row 1 is more confident. rounds=0: the k-th row in the order
-    # (column, descending confidence) = (row 1, row 0, row 2) gets column k.
-    assert DF.binarize(scores).tolist() == [[1, 0, 2]]
-    # rounds=1: row 1 keeps column 1, row 2 keeps column 2, row 0 takes the free column 0.
-    assert DF.binarize(scores, rounds=1).tolist() == [[0, 1, 2]]
+def test_collisions_sorted_by_column_then_row_and_claim_rounds_by_confidence():
+    scores = torch.tensor([[[1.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 2.0]]])
+    # Rows 0 and 1 both want column 0; row 1 is more confident. rounds=0: the k-th row in the order
+    # (column, row) = (row 0, row 1, row 2) gets column k.
+    assert DF.binarize(scores).tolist() == [[0, 1, 2]]
+    # rounds=1: row 1 keeps column 0, row 2 keeps column 2, row 0 takes the free column 1.
+    assert DF.binarize(scores, rounds=1).tolist() == [[1, 0, 2]]
 
 
 def test_binarize_pair_equals_two_calls():

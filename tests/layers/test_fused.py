@@ -86,8 +86,8 @@ def test_sds_and_fused_model_compile_with_fullgraph():
 
 
 def test_inference_under_bfloat16_autocast_applies_the_permutation_it_reports(randomize):
-    """Autocast computes the generator's scores in bfloat16; the sort key still needs float32 confidences, or
-    the factors' rows mix and the scatter applies something other than `permutation(x)`."""
+    """Autocast computes the generator's scores in bfloat16 (an earlier sort key of float confidences mixed
+    the factors' rows there, and the scatter applied something other than `permutation(x)`)."""
     torch.manual_seed(0)
     module = randomize(DynamicShuffle(48, 2), scale=2.0).eval()
     x = torch.randn(8, 48, 3, 3)

@@ -1,10 +1,10 @@
 """Export a model's inference graph to ONNX, checked and verified before it replaces anything.
 
 What is exported is the fused inference form (`layers.fused.fuse_for_inference`, a copy): per shuffle
-module one pooling, two GEMMs (BatchNorm folded into the first, one head for A and B), one softmax, one
-argmax, the two sorts of the branch-free binarization (`functional.ranked_columns`), two table gathers that
+module one pooling, two GEMMs (BatchNorm folded into the first, one head for A and B), one argmax, the
+two sorts of the branch-free binarization (`functional.ranked_columns`), two table gathers that
 compose the index, and one Gather of whole rows of the (N·C, H·W) view (`functional.permute_channels`):
-about 30 nodes, with no data-dependent control flow, so both exporters trace it as it runs eagerly. No
+about 25 nodes, with no data-dependent control flow, so both exporters trace it as it runs eagerly. No
 soft matrix, no multiply-add for the shuffle itself.
 
 Why the TorchScript exporter (`exporter="torchscript"`, the default):

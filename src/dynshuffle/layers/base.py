@@ -460,7 +460,7 @@ class ShuffleModule(nn.Module, metaclass=abc.ABCMeta):
         else:
             self.clear_penalties()
             with torch.no_grad():
-                order = DF.factor_orders(*(torch.softmax(s, -1) for s in self.split_scores(self.flat_scores(x))))
+                order = DF.factor_orders(*self.split_scores(self.flat_scores(x)))
             order = order[:, 0] if self.share else order
             a = b = None
         inverse = DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0])

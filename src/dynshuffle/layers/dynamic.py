@@ -78,7 +78,7 @@ class DynamicShuffle(ShuffleModule):
 
     def fused(self) -> FusedDynamicShuffle:
         """The inference form (`FusedDynamicShuffle`): BatchNorm folded into the generator, one head writing
-        the score rows of A and of B as one matrix, and one softmax, argmax and pair of sorts for both
+        the score rows of A and of B as one matrix, and one argmax and pair of sorts for both
         factors (`functional.ranked_columns`). Its permutations are those of this module (up to float
         rounding of the folded BatchNorm)."""
         if self.binarize_rounds:

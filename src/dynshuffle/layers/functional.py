@@ -35,7 +35,6 @@ __all__ = [
     "factor_orders",
     "block_orders",
     "inverse_composed_index",
-    "row_argmax",
     "as_float32",
     "permute_channels",
     "invert_permutation",
@@ -156,11 +155,11 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
     """Turn batched score matrices `(..., n, n)` into exact permutations `(..., n)`, with no branch on data.
 
     Row `i` gets column `perm[i]`. With `rounds=0` (the default): sort the rows by (argmax column, then
-    descending confidence) and give the k-th row of that order the k-th column. That is one argmax and two
-    argsorts. With `rounds > 0`, first run that many "claim" rounds (every free row claims its best free
-    column, the most confident claimer keeps it), then give the rows still free the free columns in the
-    same sorted way: closer to greedy assignment under collisions, at about 15 more ops per round.
-    Confidence is a row's largest softmax probability, so rows are compared on one scale. The result
+    row index) and give the k-th row of that order the k-th column. That is one argmax and two argsorts.
+    With `rounds > 0`, first run that many "claim" rounds (every free row claims its best free column, the
+    most confident claimer keeps it; confidence is a row's largest softmax probability, so rows are
+    compared on one scale), then give the rows still free the free columns in the same sorted way: closer
+    to greedy assignment under collisions, at about 15 more ops per round. The result
 
     - is always a valid permutation (ties, equal rows, NaN and infinite scores included);
     - equals the row argmax whenever the row argmaxes are distinct (the trained regime);
@@ -176,7 +175,7 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
         return torch.zeros(*batch_shape, 1, dtype=torch.long, device=scores.device)
     # NaN handling and ties: see `ranked_columns`.
     if rounds <= 0:
-        return ranked_columns(*row_argmax(scores))
+        return ranked_columns(scores.argmax(-1))
     flat = scores.detach().reshape(-1, k, k)
     work = _comparable_scores(flat)
     rows = torch.arange(k, device=flat.device)
@@ -201,91 +200,70 @@ def binarize(scores: Tensor, rounds: int = 0) -> Tensor:
 
 
 def as_float32(t: Tensor) -> Tensor:
-    """`t` in float32 (scores under autocast arrive in a lower precision; the sort keys need full precision).
+    """`t` in float32 (scores under autocast arrive in a lower precision; the soft matrices and their penalty,
+    which ends near 0, need full precision).
     Not `.float()` on a float32 tensor: an exporter writes a Cast node for it."""
     return t if t.dtype == torch.float32 else t.float()
 
 
-def row_argmax(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """`(column, confidence)` of each row: its argmax and its largest softmax probability."""
-    scores = scores.detach() if scores.requires_grad else scores
-    conf, col = torch.softmax(as_float32(scores), dim=-1).max(-1)
-    return col, conf
+def ranked_columns(col: Tensor, k: int | None = None, n1: int | None = None, span: int | None = None) -> Tensor:
+    """The permutation that gives the k-th row by (column `col`, then row index) column k:
+    `argsort(argsort(key))` with the integer key `col * k + row`, so every row has its own key and the order
+    is the same on every device, eager or exported, without a stable sort.
 
-
-def ranked_columns(col: Tensor, conf: Tensor, k: int | None = None, n1: int | None = None) -> Tensor:
-    """The permutation that gives the k-th row by (column `col`, descending confidence `conf` in [0, 1],
-    then row index) column k: `argsort(argsort(key))`.
-
-    The key `(col * 4096 + round(offset - 4095 * conf)) * k + row` is an exact integer held in a float
-    (float32 while it stays below 2**24, float64 beyond): confidence is quantised to 1/4095 and the row index
-    breaks what is left of a tie, so the order is deterministic (equal on every device, eager or exported)
-    without a stable sort. A NaN confidence (a row of NaN or infinite scores: a diverged generator)
-    counts as 0, so its key stays finite and keeps its place among its own factor's rows: without that, a
-    NaN key of A's rows could sort among B's rows in `binarize_pair`, and the indices left the range.
-    Five elementwise ops: at batch 1 this path is bound by per-op overhead.
+    `col`: each row's argmax. An argmax is always a column of its row, also for a row of NaN or infinite
+    scores (a diverged generator), so the key stays in range without a guard.
     `k`: the number of rows, when the caller knows it as a constant (an exporter then records no shape read).
     `n1`: two factors in one call: rows from `n1` on are B's, with columns counted from 0 within B; their keys
-    are offset by `4096 * n1` (`_key_offsets`), so they rank after all of A's rows and get columns n1..k-1.
+    carry `span * k` (`span`: how many columns an A row's argmax can take, n1 unless the scores are padded),
+    so they rank after all of A's rows and get columns n1..k-1.
     """
     k = col.shape[-1] if k is None else k
-    dtype = torch.float32 if 4096 * k * k < 2 ** 24 else torch.float64
-    conf = conf if conf.dtype == dtype else conf.to(dtype)
-    conf = torch.where(conf == conf, conf, 0.0)  # NaN -> 0 in two exported nodes (nan_to_num exports ~10)
-    doubt = torch.round(conf * -4095.0 if n1 is None else
-                        torch.add(_tables(_key_offsets)(n1, k - n1, dtype, col.device), conf, alpha=-4095.0))
-    key = torch.add(_tables(_row_keys)(k, dtype, col.device), torch.add(doubt, col, alpha=4096), alpha=k)
+    keys = _tables(_row_keys)(k, n1 if n1 is not None else k, k * (span or n1 or 0), col.device)
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
-    order = key.topk(k, dim=-1, largest=False).indices
+    order = torch.add(keys, col, alpha=k).topk(k, dim=-1, largest=False).indices
     return order.topk(k, dim=-1, largest=False).indices
 
 
 def factor_orders(a: Tensor, b: Tensor) -> Tensor:
     """The rows of `a` and of `b` in the order `binarize_pair` ranks them: `(..., n1 + n2)`, A's rows sorted by
-    (argmax column, descending confidence, row), then B's rows sorted the same way and offset by n1.
+    (argmax column, row), then B's rows sorted the same way and offset by n1.
 
-    `a`, `b`: row-stochastic matrices `(..., n1, n1)`, `(..., n2, n2)` (the softmax of the scores), so the
-    confidence is each row's largest entry. The order is the inverse of the permutation: row `order[r]`
-    gets column `r`, and `invert_permutation(order) == binarize_pair(scores_a, scores_b)` (concatenated,
-    B offset by n1). Consumers that can use the order directly (`inverse_composed_index`) skip the second
-    sort. Seven ops for both factors: two max reductions written into one buffer, the key, one stable sort.
+    `a`, `b`: matrices `(..., n1, n1)`, `(..., n2, n2)` (scores, or the soft matrices: a softmax keeps each
+    row's argmax). The order is the inverse of the permutation: row `order[r]` gets column `r`, and
+    `invert_permutation(order) == binarize_pair(a, b)` (concatenated, B offset by n1). Consumers that can use
+    the order directly (`inverse_composed_index`) skip the second sort. Four ops for both factors: two
+    argmaxes written into one buffer, the key, one stable sort.
     """
     n1, n2 = a.shape[-1], b.shape[-1]
-    lead = a.shape[:-2]
     if torch.compiler.is_compiling():  # dynamo takes no out= views; the compiled graph fuses the concatenation
-        (conf_a, col_a), (conf_b, col_b) = a.detach().max(-1), b.detach().max(-1)
-        conf, col = torch.cat([conf_a, conf_b], -1), torch.cat([col_a, col_b], -1)
+        col = torch.cat([a.detach().argmax(-1), b.detach().argmax(-1)], -1)
     else:  # both reductions write into one buffer: no concatenation
-        conf = a.new_empty(*lead, n1 + n2)
-        col = torch.empty(*lead, n1 + n2, dtype=torch.long, device=a.device)
-        torch.max(a.detach(), -1, out=(conf[..., :n1], col[..., :n1]))
-        torch.max(b.detach(), -1, out=(conf[..., n1:], col[..., n1:]))
-    return _sorted_rows(conf, col, n1)
+        col = torch.empty(*a.shape[:-2], n1 + n2, dtype=torch.long, device=a.device)
+        torch.argmax(a.detach(), -1, out=col[..., :n1])
+        torch.argmax(b.detach(), -1, out=col[..., n1:])
+    return _sorted_rows(col, n1, n1)
 
 
-def block_orders(p: Tensor, n1: int) -> Tensor:
-    """`factor_orders` of the soft matrices of both factors in one tensor `p` `(..., n1 + n2, width)`, as a
-    fused generator's scores give them (`FusedShuffleGenerator`): A's rows, then B's, each with its columns
-    from 0 (padding columns beyond the factor's own are never a row's largest entry)."""
-    conf, col = p.detach().max(-1)
-    return _sorted_rows(conf, col, n1)
+def block_orders(scores: Tensor, n1: int) -> Tensor:
+    """`factor_orders` of both factors' scores in one tensor `(..., n1 + n2, width)`, as a fused generator
+    writes them (`FusedShuffleGenerator`): A's rows, then B's, each with its columns from 0 (padding columns
+    beyond the factor's own are never a row's argmax, unless its scores are NaN)."""
+    return _sorted_rows(scores.argmax(-1), n1, scores.shape[-1])
 
 
-def _sorted_rows(conf: Tensor, col: Tensor, n1: int) -> Tensor:
-    """The rows sorted by (column, descending confidence, row), B's rows (from `n1` on) after A's:
-    `ranked_columns`' order, with its key without the row term (the sort is stable); the key is an integer,
-    exact in float32 while 4096 (n1 + n2) < 2**24."""
-    # A diverged generator gives NaN rows: confidence 0 keeps their key finite, so B's rows stay behind A's.
-    conf = conf.nan_to_num(0.0)
-    offsets = _tables(_key_offsets)(n1, conf.shape[-1] - n1, conf.dtype, conf.device)
-    key = torch.add(torch.round(torch.add(offsets, conf, alpha=-4095.0)), col, alpha=4096)
-    return torch.sort(key, dim=-1, stable=True).indices
+def _sorted_rows(col: Tensor, n1: int, span: int) -> Tensor:
+    """The rows sorted by (column, row), B's rows (from `n1` on) after A's (`span`: the columns an argmax can
+    take, so B's offset keeps every B key above every A key): `ranked_columns`' order, by a stable sort of the
+    key without the row term."""
+    return torch.sort(torch.add(col, _tables(_segment_offsets)(n1, col.shape[-1] - n1, span, col.device)),
+                      dim=-1, stable=True).indices
 
 
 @functools.lru_cache(maxsize=64)
-def _key_offsets(n1: int, n2: int, dtype, device) -> Tensor:
-    """The sort-key offset of each row of two factors: 0 for A's n1 rows, `4096 * n1` for B's n2 rows."""
-    return torch.tensor([0.0] * n1 + [4096.0 * n1] * n2, dtype=dtype, device=device)
+def _segment_offsets(n1: int, n2: int, span: int, device) -> Tensor:
+    """The sort-key offset of each row of two factors: 0 for A's n1 rows, `span` for B's n2 rows."""
+    return torch.tensor([0] * n1 + [span] * n2, device=device)
 
 
 def inverse_composed_index(order: Tensor, n1: int, n2: int, groups: int, batch: int) -> Tensor:
@@ -315,8 +293,10 @@ def _inverse_base(n1: int, n2: int, groups: int, batch: int, device) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _row_keys(k: int, dtype, device) -> Tensor:
-    return torch.tensor(list(range(k)), dtype=dtype, device=device)  # a constant, also inside a trace
+def _row_keys(k: int, n1: int, offset: int, device) -> Tensor:
+    """`ranked_columns`' key without its column term: the row index, plus `offset` from row `n1` on (B's
+    rows). A constant, also inside a trace."""
+    return torch.tensor([r + (offset if r >= n1 else 0) for r in range(k)], device=device)
 
 
 def _comparable_scores(scores: Tensor) -> Tensor:
@@ -400,19 +380,13 @@ def one_hot_permutation(perm: Tensor, dtype=torch.float32) -> Tensor:
 
 
 def binarize_pair(scores_a: Tensor, scores_b: Tensor) -> tuple[Tensor, Tensor]:
-    """`(binarize(scores_a), binarize(scores_b))` (no claim rounds) with one pair of sorts for both.
-
-    The keys of B's rows are offset past A's (`ranked_columns(..., n1=n1)`), so every row of A sorts before
-    every row of B. The results are those of separate calls, except where the offset's addition rounds a
-    B row's confidence to the neighbouring 1/4095 step (the float sum errs by under n1/4096 of a step);
-    that can only reorder two B rows with the same argmax column and confidences a step apart.
-    `scores_a` `(..., n1, n1)`, `scores_b` `(..., n2, n2)` with the same leading shape.
+    """`(binarize(scores_a), binarize(scores_b))` (no claim rounds) with one pair of sorts for both: the keys
+    of B's rows are offset past A's (`ranked_columns(..., n1=n1)`), so every row of A sorts before every row
+    of B. `scores_a` `(..., n1, n1)`, `scores_b` `(..., n2, n2)` with the same leading shape.
     """
-    col_a, conf_a = row_argmax(scores_a)
-    col_b, conf_b = row_argmax(scores_b)
     n1 = scores_a.shape[-1]
-    ranks = ranked_columns(torch.cat([col_a, col_b], -1), torch.cat([conf_a, conf_b], -1),
-                           n1 + scores_b.shape[-1], n1)
+    col = torch.cat([scores_a.argmax(-1), scores_b.argmax(-1)], -1)
+    ranks = ranked_columns(col, n1 + scores_b.shape[-1], n1)
     return ranks[..., :n1], ranks[..., n1:] - n1
 
 

@@ -52,7 +52,7 @@ class FusedShuffle(nn.Module, metaclass=abc.ABCMeta):
 
 class FusedDynamicShuffle(FusedShuffle):
     """Inference form of a `DynamicShuffle` (`DynamicShuffle.fused()`): the fused generator writes the scores
-    of A's and B's rows as one tensor, and one softmax, argmax and pair of sorts binarize both
+    of A's and B's rows as one tensor, and one argmax and pair of sorts binarize both
     (`functional.ranked_columns`); two table gathers compose the index (`functional.compose_ranks`)."""
 
     def __init__(self, channels: int, groups: int, n1: int, n2: int, generator: FusedShuffleGenerator):
@@ -61,7 +61,8 @@ class FusedDynamicShuffle(FusedShuffle):
         self.generator = generator
 
     def exact_index(self, x: Tensor) -> Tensor:
-        ranks = DF.ranked_columns(*DF.row_argmax(self.generator(x)), self.n1 + self.n2, self.n1)
+        scores = self.generator(x)
+        ranks = DF.ranked_columns(scores.argmax(-1), self.n1 + self.n2, self.n1, scores.shape[-1])
         return DF.compose_ranks(ranks, self.n1, self.n2, self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,7 +80,7 @@ class FusedDynamicShuffle(FusedShuffle):
         """`(inverse, order)` for `x`: where each input channel goes, as flat rows of the output's
         `(N * C, H * W)` view (`DF.inverse_composed_index`), and the factors' sorted rows
         (`DF.block_orders`). A `StaticDynamicShuffle` adds its input at these rows of its mixing's output."""
-        order = DF.block_orders(torch.softmax(DF.as_float32(self.generator(x)), -1), self.n1)
+        order = DF.block_orders(self.generator(x), self.n1)
         return DF.inverse_composed_index(order, self.n1, self.n2, self.groups, x.shape[0]), order
 
     def extra_repr(self) -> str:

@@ -17,7 +17,7 @@ __all__ = ["ShuffleGenerator", "FusedShuffleGenerator", "default_hidden", "poole
 
 
 MIN_HIDDEN = 16  # the smallest width that separated every routing target (docs/method.md §7.2)
-FUSED_ROW_WIDTH = 16  # the shortest softmax row PyTorch's CPU kernel vectorises, as measured (FusedShuffleGenerator)
+FUSED_ROW_WIDTH = 16  # the fused score rows' least width (FusedShuffleGenerator says why it stays)
 
 
 def default_hidden(channels: int, n1: int, n2: int) -> int:
@@ -148,9 +148,11 @@ class FusedShuffleGenerator(nn.Module):
     (column `j` of a B row is B's column `j`, so a row of NaN scores, whose argmax is column 0, still names
     a column of its own factor), and the temperature folded into the head. One pooling, two GEMMs and the
     activation per module; built by `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, width)` scores for one head,
-    `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)): rows shorter than
-    `FUSED_ROW_WIDTH` are padded with -1e9 columns, which no row picks, because PyTorch's CPU softmax runs
-    rows of fewer than 16 entries element by element, many times slower per entry (docs/performance.md)."""
+    `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)), padded with -1e9
+    columns, which no row picks. The padding to 16 was chosen when eval ran a softmax over these rows
+    (PyTorch's CPU softmax is many times slower per entry on rows under 16); the argmax that replaced it has
+    no such need, but a narrower head would change the multiply-adds counted for every trained dynamic model
+    in docs/results, so it stays until those tables are rebuilt."""
 
     def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
                  activation: str):
