@@ -151,8 +151,8 @@ class FusedShuffleGenerator(nn.Module):
     `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)), padded with -1e9
     columns, which no row picks. The padding to 16 was chosen when eval ran a softmax over these rows
     (PyTorch's CPU softmax is many times slower per entry on rows under 16); the argmax that replaced it has
-    no such need, but a narrower head would change the multiply-adds counted for every trained dynamic model
-    in docs/results, so it stays until those tables are rebuilt."""
+    no such need, but a narrower head would change the multiply-adds counted for the trained dynamic models
+    that docs/results and the docs quote, so the width stays."""
 
     def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
                  activation: str):

@@ -86,9 +86,9 @@ def layer_rows(channels: int, size: int, batch: int, device: torch.device, repea
     conv = nn.Conv2d(channels, channels, 1, bias=False).to(device, dtype)
     dynamic = DynamicShuffle(channels, 2).to(device, dtype)
     sds = StaticDynamicShuffle(channels, 2).to(device, dtype)
-    # The exact path's cost depends only on whether the row argmaxes collide: a trained generator gives
-    # distinct argmaxes (its soft matrices are near-permutations), a random one collides everywhere and
-    # pays for the greedy repair. Time the first against the target and report the second beside it.
+    # A trained generator gives distinct row argmaxes (its soft matrices are near-permutations), a random one
+    # collides everywhere. The binarization is branch-free, so both should cost the same: time the first
+    # against the target and report the second beside it as the check.
     colliding = DynamicShuffle(channels, 2).to(device, dtype)
     with torch.no_grad():
         for m in (dynamic, sds.dynamic):
