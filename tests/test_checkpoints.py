@@ -89,6 +89,35 @@ def test_weights_saved_under_the_old_sds_names_still_load(tmp_path, warm_bn):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
 
 
+def test_weights_saved_with_a_head_per_factor_still_load(tmp_path, warm_bn):
+    """An earlier generator had two heads, `head_a` for A's rows and `head_b` for B's; its one head holds
+    both, A's first."""
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v1_g3_x0_5", num_classes=10, stem="cifar", shuffle="dynamic")
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("generator.head"):
+                module.weight.normal_(0, 0.5)  # input-dependent scores: a wrong merge changes permutations
+    warm_bn(model, 32)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        module, _, param = key.rpartition(".")
+        if module.endswith("generator.head"):
+            generator = model.get_submodule(module.rpartition(".")[0])
+            split = generator.heads * generator.n1 * generator.n1
+            tensors[f"{module}_a.{param}"], tensors[f"{module}_b.{param}"] = value[:split], value[split:]
+        else:
+            tensors[key] = value
+    old = tmp_path / "last.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(old),
+              metadata={"epoch": "3", "model_config": json.dumps(model.config)})
+    rebuilt, _ = build_model_from_checkpoint(old)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
 def test_new_checkpoints_round_trip(tmp_path):
     model = create_model("shufflenet_v1_g3_x0_25", num_classes=10, stem="cifar", pointwise="sds")
     save_weights(model, tmp_path / "w.safetensors", metadata={"model_config": model.config, "epoch": "1"})

@@ -41,13 +41,16 @@ from .utils import atomic_open, atomic_write_bytes, flush_to_disk
 
 __all__ = ["CheckpointError", "save_weights", "save_checkpoint", "load_weights", "load_state", "load_checkpoint",
            "load_model_weights", "build_model_from_checkpoint", "state_dict_mismatch", "load_compatible_state_dict",
-           "upgrade_state_dict", "upgrade_model_config", "RENAMED_TENSORS", "RENAMED_LAYER_OPTIONS"]
+           "upgrade_state_dict", "upgrade_model_config", "RENAMED_TENSORS", "RENAMED_LAYER_OPTIONS",
+           "MERGED_HEADS"]
 
 # Names that changed after checkpoints were written with the old ones. A file is read under the new names
 # (its format is kept, not an old Python name): the last component of a tensor's key, and the layer options
 # in the `model_config` metadata. A StaticDynamicShuffle's learned mixing was called its "static" part.
 RENAMED_TENSORS = {"static_u": "mixing_u", "static_v": "mixing_v"}
 RENAMED_LAYER_OPTIONS = {"confidence": "initial_confidence"}
+# A generator once had a head per factor; its one head holds their rows, A's first (`head_a` + `head_b`).
+MERGED_HEADS = ("head_a", "head_b", "head")
 
 
 class CheckpointError(ValueError):
@@ -179,11 +182,18 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def upgrade_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with the tensors of RENAMED_TENSORS under their current names (other keys unchanged)."""
+    """`state` with the tensors of RENAMED_TENSORS under their current names, and a generator's two heads of
+    an earlier version as its one head (MERGED_HEADS); other keys unchanged."""
     out = {}
     for key, value in state.items():
         head, dot, last = key.rpartition(".")
         out[head + dot + RENAMED_TENSORS[last] if last in RENAMED_TENSORS else key] = value
+    old_a, old_b, merged = MERGED_HEADS
+    for key in [k for k in out if k.rpartition(".")[0].rpartition(".")[2] == old_a]:
+        module, _, param = key.rpartition(".")
+        parent = module[:-len(old_a)]
+        if f"{parent}{old_b}.{param}" in out:
+            out[f"{parent}{merged}.{param}"] = torch.cat([out.pop(key), out.pop(f"{parent}{old_b}.{param}")])
     return out
 
 
