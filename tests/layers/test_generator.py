@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dynshuffle.layers.generator import FUSED_ROW_WIDTH, MIN_HIDDEN, ShuffleGenerator, default_hidden, pooled_stats, spatial_mean
+from dynshuffle.layers.generator import MIN_HIDDEN, ShuffleGenerator, default_hidden, pooled_stats, spatial_mean
 
 
 def test_default_hidden_is_a_twentieth_of_a_pointwise_conv_with_a_floor():
@@ -53,12 +53,11 @@ def test_a_single_sample_in_training_is_normalised_with_the_running_statistics()
     assert torch.equal(gen.norm.running_mean, before)
 
 
-@pytest.mark.parametrize("n1,n2,heads,width", [(2, 3, 1, FUSED_ROW_WIDTH), (2, 3, 2, FUSED_ROW_WIDTH), (8, 12, 1, 20)])
-def test_fused_generator_writes_both_factors_in_rows_padded_to_the_fast_softmax_width(n1, n2, heads, width):
+@pytest.mark.parametrize("n1,n2,heads,width", [(2, 3, 1, 3), (2, 3, 2, 3), (8, 12, 1, 12), (6, 6, 1, 6)])
+def test_fused_generator_writes_both_factors_in_rows_as_wide_as_the_larger_factor(n1, n2, heads, width):
     """The fused head writes A's and B's scores (BatchNorm folded, divided by the temperature) as the rows of
-    one score matrix per head, each factor's columns from 0, -1e9 beyond them; rows shorter than
-    FUSED_ROW_WIDTH get -1e9 columns up to it (the CPU softmax is slow on shorter rows), longer ones are not
-    padded."""
+    one score matrix per head, each factor's columns from 0, -1e9 beyond them: the rows are max(n1, n2) wide,
+    so the smaller factor's rows are padded and the larger one's are not."""
     torch.manual_seed(0)
     gen = ShuffleGenerator(8, 5, n1, n2, heads=heads, diagonal_logit=lambda n: 1.0, head_init=0.5).eval()
     with torch.no_grad():

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from dynshuffle.layers.base import shuffle_modules
-from dynshuffle.layers.generator import FUSED_ROW_WIDTH
 from dynshuffle.layers.sds import StaticDynamicShuffle
 from dynshuffle.models.shufflenet_v1 import ShuffleNetV1
 from dynshuffle.models.shufflenet_v2 import ShuffleNetV2
@@ -58,8 +57,8 @@ def _sds_inputs(model, size):
 
 
 def _fused_generator_macs(model) -> int:
-    """C·d (reduce) + d·k·width (the head) per shuffle module: k = n1 + n2 rows padded to FUSED_ROW_WIDTH."""
-    return sum(m.hidden * (m.channels + (m.n1 + m.n2) * max(m.n1 + m.n2, FUSED_ROW_WIDTH))
+    """C·d (reduce) + d·k·width (the head) per shuffle module: k = n1 + n2 rows of width max(n1, n2)."""
+    return sum(m.hidden * (m.channels + (m.n1 + m.n2) * max(m.n1, m.n2))
                for m in shuffle_modules(model))
 
 
@@ -68,9 +67,9 @@ def test_the_shuffle_work_is_counted_exactly():
     static, dynamic = ShuffleNetV2(0.5, **kw), ShuffleNetV2(0.5, shuffle="dynamic", **kw)
     learned, sds = ShuffleNetV2(0.5, shuffle="learned", **kw), ShuffleNetV2(0.5, pointwise="sds", **kw)
     # the generators' linears, once per image, in the inference form that eval runs: C·d (reduce) + d·k·width
-    # (one head writing the score rows of A and B, k = n1 + n2 rows padded to FUSED_ROW_WIDTH)
+    # (one head writing the score rows of A and B, k = n1 + n2 rows of width max(n1, n2))
     generators = _fused_generator_macs(dynamic)
-    assert generators == 23040
+    assert generators == 15296
     assert count_macs(dynamic, 32) - count_macs(static, 32) == generators
     assert count_macs(learned, 32) == count_macs(static, 32)  # inference is a gather: nothing to count
     # What the conv/linear hooks cannot see: SDS's mixing, C·(n1 + n2) per pixel (factored), and the inference

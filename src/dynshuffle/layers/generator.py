@@ -17,7 +17,6 @@ __all__ = ["ShuffleGenerator", "FusedShuffleGenerator", "default_hidden", "poole
 
 
 MIN_HIDDEN = 16  # the smallest width that separated every routing target (docs/method.md §7.2)
-FUSED_ROW_WIDTH = 16  # the fused score rows' least width (FusedShuffleGenerator says why it stays)
 
 
 def default_hidden(channels: int, n1: int, n2: int) -> int:
@@ -125,7 +124,7 @@ class ShuffleGenerator(nn.Module):
         reduce.weight.copy_(self.reduce.weight * scale[:, None])
         reduce.bias.copy_(self.norm.bias - self.norm.running_mean * scale)
         n1, n2, heads, k = self.n1, self.n2, self.heads, self.n1 + self.n2
-        width = max(k, FUSED_ROW_WIDTH)
+        width = max(n1, n2)
         split, hidden = heads * n1 * n1, self.head.in_features
         weight = self.head.weight.new_zeros(heads, k, width, hidden)
         bias = self.head.bias.new_full((heads, k, width), -1e9)
@@ -148,11 +147,8 @@ class FusedShuffleGenerator(nn.Module):
     (column `j` of a B row is B's column `j`, so a row of NaN scores, whose argmax is column 0, still names
     a column of its own factor), and the temperature folded into the head. One pooling, two GEMMs and the
     activation per module; built by `ShuffleGenerator.fused` for a `FusedDynamicShuffle`. Returns `(N, k, width)` scores for one head,
-    `(N, heads, k, width)` for several (k = n1 + n2, width = max(k, FUSED_ROW_WIDTH)), padded with -1e9
-    columns, which no row picks. The padding to 16 was chosen when eval ran a softmax over these rows
-    (PyTorch's CPU softmax is many times slower per entry on rows under 16); the argmax that replaced it has
-    no such need, but a narrower head would change the multiply-adds counted for the trained dynamic models
-    that docs/results and the docs quote, so the width stays."""
+    `(N, heads, k, width)` for several (k = n1 + n2, width = max(n1, n2)): the shorter factor's rows are padded
+    with -1e9 columns, which no row's argmax picks."""
 
     def __init__(self, reduce: nn.Linear, head: nn.Linear, n1: int, n2: int, heads: int, stats: str,
                  activation: str):
