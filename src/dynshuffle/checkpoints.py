@@ -189,11 +189,12 @@ def upgrade_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         head, dot, last = key.rpartition(".")
         out[head + dot + RENAMED_TENSORS[last] if last in RENAMED_TENSORS else key] = value
     old_a, old_b, merged = MERGED_HEADS
-    for key in [k for k in out if k.rpartition(".")[0].rpartition(".")[2] == old_a]:
+    for key in list(out):
         module, _, param = key.rpartition(".")
-        parent = module[:-len(old_a)]
-        if f"{parent}{old_b}.{param}" in out:
-            out[f"{parent}{merged}.{param}"] = torch.cat([out.pop(key), out.pop(f"{parent}{old_b}.{param}")])
+        parent, dot, name = module.rpartition(".")
+        other = f"{parent}{dot}{old_b}.{param}"
+        if name == old_a and other in out:
+            out[f"{parent}{dot}{merged}.{param}"] = torch.cat([out.pop(key), out.pop(other)])
     return out
 
 
