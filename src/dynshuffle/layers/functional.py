@@ -219,7 +219,8 @@ def ranked_columns(col: Tensor, k: int | None = None, n1: int | None = None, spa
     so they rank after all of A's rows and get columns n1..k-1.
     """
     k = col.shape[-1] if k is None else k
-    keys = _tables(_row_keys)(k, n1 if n1 is not None else k, k * (span or n1 or 0), col.device)
+    n1, b_offset = (k, 0) if n1 is None else (n1, k * (span or n1))
+    keys = _tables(_row_key_base)(n1, k - n1, b_offset, True, col.device)
     # topk with a constant k rather than argsort: an exported graph then reads no shape for it.
     order = torch.add(keys, col, alpha=k).topk(k, dim=-1, largest=False).indices
     return order.topk(k, dim=-1, largest=False).indices
@@ -256,14 +257,17 @@ def _sorted_rows(col: Tensor, n1: int, span: int) -> Tensor:
     """The rows sorted by (column, row), B's rows (from `n1` on) after A's (`span`: the columns an argmax can
     take, so B's offset keeps every B key above every A key): `ranked_columns`' order, by a stable sort of the
     key without the row term."""
-    return torch.sort(torch.add(col, _tables(_segment_offsets)(n1, col.shape[-1] - n1, span, col.device)),
+    return torch.sort(torch.add(col, _tables(_row_key_base)(n1, col.shape[-1] - n1, span, False, col.device)),
                       dim=-1, stable=True).indices
 
 
-@functools.lru_cache(maxsize=64)
-def _segment_offsets(n1: int, n2: int, span: int, device) -> Tensor:
-    """The sort-key offset of each row of two factors: 0 for A's n1 rows, `span` for B's n2 rows."""
-    return torch.tensor([0] * n1 + [span] * n2, device=device)
+@functools.lru_cache(maxsize=128)
+def _row_key_base(n1: int, n2: int, b_offset: int, with_row: bool, device) -> Tensor:
+    """A sort key without its column term, per row of two factors: `b_offset` on B's n2 rows (0 on A's n1),
+    plus the row index when `with_row` (`ranked_columns`; a stable sort needs none). A constant built from
+    Python numbers, so it stays one also inside a trace."""
+    return torch.tensor([(r if with_row else 0) + (b_offset if r >= n1 else 0) for r in range(n1 + n2)],
+                        device=device)
 
 
 def inverse_composed_index(order: Tensor, n1: int, n2: int, groups: int, batch: int) -> Tensor:
@@ -290,13 +294,6 @@ def _inverse_base(n1: int, n2: int, groups: int, batch: int, device) -> Tensor:
     c = n1 * n2 * groups
     base = [[[[s * c + g - groups * n1]] for g in range(groups)] for s in range(batch)]
     return torch.tensor(base, device=device)
-
-
-@functools.lru_cache(maxsize=64)
-def _row_keys(k: int, n1: int, offset: int, device) -> Tensor:
-    """`ranked_columns`' key without its column term: the row index, plus `offset` from row `n1` on (B's
-    rows). A constant, also inside a trace."""
-    return torch.tensor([r + (offset if r >= n1 else 0) for r in range(k)], device=device)
 
 
 def _comparable_scores(scores: Tensor) -> Tensor:
